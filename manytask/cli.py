@@ -1,0 +1,165 @@
+"""The ``manytask`` command: train, eval, predict, submit, tasks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train and evaluate many NLU tasks on one shared BERT-family encoder.")
+
+GlueDir = typer.Option(None, "--glue-dir", help="GLUE directory (default: $MANYTASK_GLUE_DIR, else ./data/glue)")
+
+
+def _setup(glue_dir: Optional[Path]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()  # the MiniLM checkpoint's unused pooler is expected
+    transformers.utils.logging.disable_progress_bar()
+    if glue_dir is not None:
+        os.environ["MANYTASK_GLUE_DIR"] = str(glue_dir)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _specs(run) -> dict:
+    return {s.name: s for s in run.specs()}
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML recipe"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory to create (or resume)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key: --set train.lr=3e-5"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Train a single- or multi-task model into a run directory, then print its dev scores."""
+    _setup(glue_dir)
+    from manytask.config import ConfigError, load_config
+    from manytask.data.loading import MissingData
+    from manytask.data.readers import DataError
+    from manytask.report.tables import results_table
+    from manytask.runs import Run, train_run
+
+    if config is None:
+        if not resume:
+            _fail("give --config (or --resume with an existing run in --out)")
+        config = out / "config.yaml"
+    try:
+        cfg = load_config(config, set_)
+        summary = train_run(cfg, out, resume=resume)
+    except (ConfigError, DataError, MissingData, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    run = Run.open(out)
+    result = run.evaluate("best")
+    typer.echo(_draws_line(summary))
+    typer.echo(results_table(result, _specs(run), label="dev (best checkpoint per task)"))
+    for s in result["skipped"]:
+        typer.echo(f"note: {s}")
+
+
+def _draws_line(summary: dict) -> str:
+    draws = ", ".join(f"{t}: {d['examples']} examples in {d['batches']} batches" for t, d in summary["draws"].items())
+    return f"drawn — {draws}; {summary['examples_per_s']:.1f} train examples/s"
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    last: bool = typer.Option(False, "--last", help="score the last checkpoint instead of each task's best"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Print and save (RUN/eval.json) the dev metrics of a run."""
+    _setup(glue_dir)
+    from manytask.report.tables import results_table
+    from manytask.runs import Run
+
+    try:
+        run = Run.open(run_dir)
+        result = run.evaluate("last" if last else "best")
+    except FileNotFoundError as e:
+        _fail(str(e))
+        return
+    typer.echo(results_table(result, _specs(run), label="dev"))
+    typer.echo(f"saved {run_dir / 'eval.json'}")
+
+
+@app.command()
+def predict(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    task: str = typer.Option(..., "--task", "-t"),
+    input: Path = typer.Option(..., "--input", "-i", help="CSV, TSV or JSONL with the task's text column(s)"),
+    output: Path = typer.Option(..., "--output", "-o", help=".jsonl, or .tsv"),
+    text_fields: Optional[str] = typer.Option(None, help="comma-separated text columns, if not the task's"),
+    id_field: Optional[str] = typer.Option(None, help="column to copy as the id (default: line number)"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Write predictions (label and probabilities, or score) for every line of a file."""
+    _setup(glue_dir)
+    from manytask.data.readers import DataError
+    from manytask.evaluation.submit import predict_file
+    from manytask.runs import Run
+
+    fields = [f.strip() for f in text_fields.split(",")] if text_fields else None
+    try:
+        n = predict_file(Run.open(run_dir), task, input, output, fields, id_field)
+    except (KeyError, DataError, FileNotFoundError) as e:
+        _fail(str(e.args[0]) if isinstance(e, KeyError) else str(e))
+        return
+    typer.echo(f"wrote {n} predictions to {output}")
+
+
+@app.command()
+def submit(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for the GLUE leaderboard files"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Write GLUE leaderboard files (CoLA.tsv, ..., AX.tsv) for the tasks the run has."""
+    _setup(glue_dir)
+    from manytask.evaluation.submit import write_submission
+    from manytask.runs import Run
+
+    try:
+        written, notes = write_submission(Run.open(run_dir), out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+        return
+    for n in notes:
+        typer.echo(f"note: {n}")
+    typer.echo(f"wrote {', '.join(written) or 'nothing'} to {out}")
+
+
+@app.command()
+def tasks(glue_dir: Optional[Path] = GlueDir) -> None:
+    """List GLUE tasks and which of their files are present."""
+    _setup(glue_dir)
+    from manytask.config import RunConfig
+    from manytask.tasks import GLUE_TASKS
+
+    root = RunConfig(tasks=["sst2"]).resolved_glue_dir()
+    typer.echo(f"GLUE directory: {root}")
+    for spec in GLUE_TASKS.values():
+        base = spec.split_root(root)
+        parts = [f"{n}{'' if (base / s.path).is_file() else ' (missing)'}" for n, s in spec.splits.items()]
+        typer.echo(f"  {spec.title:6s} {spec.kind:14s} {', '.join(parts)}")
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""Run configuration: YAML validated by pydantic; unknown keys and wrong types are errors naming them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import ValidationError, field_validator, model_validator
+
+from manytask.tasks import Field, SplitSpec, StrictModel, TaskSpec, glue_task
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key."""
+
+
+class Resplit(StrictModel):
+    """Take the evaluation set as a seeded, stratified hold-out of a labelled file."""
+
+    source: str  # split to cut, e.g. "dev_matched" for MNLI, "dev" for QNLI
+    dev_fraction: float = 0.2
+    seed: int = 0
+
+    @field_validator("dev_fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError("dev_fraction must be between 0 and 1")
+        return v
+
+
+class TaskEntry(StrictModel):
+    """A task in a run: a GLUE name (with options) or a full user task.
+
+    A user task gives ``kind`` and its files (``train``/``dev``/``test`` or ``splits``).
+    """
+
+    name: str
+    max_train: Optional[int] = None  # cap, drawn with the data seed (same across training seeds)
+    max_eval: Optional[int] = None
+    resplit: Optional[Resplit] = None
+    branch_layers: int = 0  # k: top encoder layers owned by this task (0 = head on the shared encoder)
+    loss_weight: float = 1.0
+    # user-task fields (a subset of TaskSpec, plus file shorthands)
+    kind: Optional[Literal["classification", "regression"]] = None
+    display: Optional[str] = None
+    train: Optional[str] = None
+    dev: Optional[str] = None
+    test: Optional[str] = None
+    splits: Optional[dict[str, SplitSpec]] = None
+    format: Optional[Literal["tsv", "csv", "jsonl"]] = None
+    header: bool = True
+    quoting: bool = True
+    text_fields: Optional[list[Field]] = None
+    label_field: Optional[Field] = None
+    id_field: Optional[Field] = None
+    labels: Optional[list[str]] = None
+    label_range: Optional[tuple[float, float]] = None
+    metrics: Optional[list[str]] = None
+    primary_metric: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("max_train", "max_eval")
+    @classmethod
+    def _positive(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v < 1:
+            raise ValueError("must be a positive number of examples")
+        return v
+
+    @field_validator("branch_layers")
+    @classmethod
+    def _nonnegative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be 0 or more")
+        return v
+
+    def resolve(self, base_dir: Path) -> TaskSpec:
+        """The full TaskSpec: GLUE's declaration, or this entry's user-task fields."""
+        user_fields = ("train", "dev", "test", "splits", "text_fields", "label_field", "labels", "label_range")
+        if self.kind is None:
+            spec = glue_task(self.name)
+            if spec is None:
+                raise ConfigError(
+                    f"unknown task {self.name!r}: not a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) "
+                    "and no 'kind' given for a user task"
+                )
+            given = [k for k in user_fields if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"task {self.name!r} is a GLUE task: {', '.join(given)} cannot be set (give 'kind' for a user task)")
+            return spec
+        splits = dict(self.splits or {})
+        for role in ("train", "dev", "test"):
+            path = getattr(self, role)
+            if path is not None:
+                splits[role] = SplitSpec(path=str(path), role=role, header=self.header, unlabeled=role == "test")
+        if not splits:
+            raise ConfigError(f"task {self.name!r}: give its files ('train', 'dev', 'test' or 'splits')")
+        for s in splits.values():
+            if not Path(s.path).is_absolute():
+                s.path = str((base_dir / s.path).resolve())
+        default_metrics = ["accuracy"] if self.kind == "classification" else ["pearson", "spearman"]
+        try:
+            return TaskSpec(
+                name=self.name, display=self.display, kind=self.kind, splits=splits, format=self.format,
+                quoting=self.quoting, text_fields=self.text_fields or [], label_field=self.label_field,
+                id_field=self.id_field, labels=self.labels, label_range=self.label_range,
+                metrics=self.metrics or default_metrics, primary_metric=self.primary_metric,
+            )
+        except ValidationError as e:
+            raise ConfigError(f"task {self.name!r}: {_first_error(e)}") from None
+
+
+class RandomEncoder(StrictModel):
+    """A randomly initialised BERT of the given size (tests and the debug recipe)."""
+
+    hidden_size: int = 32
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 64
+
+
+class ModelConfig(StrictModel):
+    encoder: str = "default"  # "default" = packaged all-MiniLM-L6-v2; else a local directory or hub name
+    random_init: Optional[RandomEncoder] = None  # keep the encoder's tokenizer, but a fresh random model
+    max_seq_length: int = 128
+    pooling: Literal["cls", "mean"] = "cls"
+    dropout: float = 0.1
+    freeze_trunk: bool = False
+
+
+class SamplingConfig(StrictModel):
+    strategy: Literal["proportional", "temperature", "uniform", "each_once"] = "proportional"
+    alpha: float = 0.75  # proportional: p(task) ~ |D|^alpha
+    temperature: float = 2.0  # temperature: p(task) ~ |D|^(1/T)
+
+
+class TrainConfig(StrictModel):
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    epochs: float = 3.0  # one epoch = as many batches as all training sets hold together
+    steps: Optional[int] = None  # overrides epochs
+    lr: float = 5e-5
+    layerwise_lr_decay: float = 1.0  # 1.0 = off; BAM uses 0.9
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of steps
+    max_grad_norm: float = 1.0
+    sampling: SamplingConfig = SamplingConfig()
+    group_by_length: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_every: Optional[int] = None  # steps; None = at the end only
+    log_every: int = 20
+    checkpoint_every: Optional[int] = None  # steps; None = at every evaluation and at the end
+    progress: bool = True
+
+    @field_validator("batch_size", "eval_batch_size", "log_every")
+    @classmethod
+    def _positive_int(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class RunConfig(StrictModel):
+    seed: int = 1
+    data_seed: int = 0  # caps and re-splits: fixed across training seeds so seeds are comparable
+    glue_dir: Optional[str] = None  # else $MANYTASK_GLUE_DIR, else ./data/glue
+    missing_glue: Literal["skip", "error"] = "skip"
+    tasks: list[TaskEntry]
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, v: list[TaskEntry]) -> list[TaskEntry]:
+        if not v:
+            raise ValueError("name at least one task")
+        names = [t.name for t in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task named twice: {', '.join(dupes)}")
+        return v
+
+    def resolved_glue_dir(self) -> Path:
+        return Path(self.glue_dir or os.environ.get("MANYTASK_GLUE_DIR") or "data/glue")
+
+
+def _first_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (numbers, lists, booleans)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            if p.isdigit() and isinstance(node, list):
+                node = node[int(p)]
+                continue
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, (dict, list)):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+            node = nxt
+        last = parts[-1]
+        value = yaml.safe_load(raw)
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[str]] = None, data: Optional[dict] = None) -> RunConfig:
+    """Load a YAML recipe (or a dict), apply overrides, validate. Errors name the file and key."""
+    source = str(path) if path else "<config>"
+    if data is None:
+        if path is None:
+            raise ConfigError("no config given")
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_first_error(e)}") from None
+    _absolutize_user_files(cfg, Path.cwd())
+    return cfg
+
+
+def _absolutize_user_files(cfg: RunConfig, base: Path) -> None:
+    """User task files are relative to the working directory; a saved run must not depend on it."""
+    for t in cfg.tasks:
+        for role in ("train", "dev", "test"):
+            path = getattr(t, role)
+            if path is not None and not Path(path).is_absolute():
+                setattr(t, role, str((base / path).resolve()))
+        for s in (t.splits or {}).values():
+            if not Path(s.path).is_absolute():
+                s.path = str((base / s.path).resolve())
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)

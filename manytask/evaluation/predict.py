@@ -1,0 +1,74 @@
+"""Run a model over a task split and score it: predictions, probabilities and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from manytask.data.features import Features, collate
+from manytask.evaluation.metrics import collapsed, compute_metrics
+from manytask.models.multitask import MultiTaskModel
+from manytask.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def autocast(precision: str):
+    """bf16 autocast on the CPU (AVX-512 BF16 makes it 2-3x faster here); fp32 does nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Predictions:
+    ids: list[str]
+    values: np.ndarray  # class index, or score on the task's own range
+    probs: Optional[np.ndarray]  # classification only
+
+
+@torch.no_grad()
+def predict(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
+            precision: str = "fp32") -> Predictions:
+    """Predictions in the order of ``feats``; batches are length-sorted to pad little."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort([-n for n in feats.lengths], kind="stable")
+    outputs: list[Optional[torch.Tensor]] = [None] * len(feats)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size].tolist()
+        batch = collate(feats, idx, pad_id)
+        with autocast(precision):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[spec.name])[spec.name]
+        logits = logits.float()
+        for row, i in enumerate(idx):
+            outputs[i] = logits[row]
+    model.train(was_training)
+    stacked = torch.stack(outputs)  # type: ignore[arg-type]
+    if spec.kind == "classification":
+        probs = torch.softmax(stacked, dim=-1).numpy()
+        return Predictions(feats.ids, probs.argmax(-1), probs)
+    scores = np.array([spec.unscale(v) for v in torch.sigmoid(stacked).numpy()])
+    return Predictions(feats.ids, scores, None)
+
+
+def score(spec: TaskSpec, preds: Predictions, feats: Features, title: str = "") -> dict:
+    """Metrics of one split; a collapsed classifier (one class for every input) is flagged and warned about."""
+    if feats.labels is None:
+        raise ValueError(f"{title or spec.name}: split has no labels to score")
+    if spec.kind == "classification":
+        gold = np.asarray(feats.labels, dtype=int)
+    else:
+        gold = np.array([spec.unscale(v) for v in feats.labels])
+    result = compute_metrics(spec.metrics, gold, preds.values)
+    result["collapsed"] = bool(spec.kind == "classification" and collapsed(preds.values, spec.num_outputs))
+    if result["collapsed"]:
+        log.warning("%s: every prediction is %r — the classifier collapsed to one class", title or spec.title,
+                    spec.labels[int(preds.values[0])] if spec.labels else preds.values[0])
+    result["n"] = len(gold)
+    return result

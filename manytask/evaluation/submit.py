@@ -1,0 +1,90 @@
+"""Write predictions for a user's file, and the GLUE leaderboard files (index<TAB>prediction)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from manytask.data.loading import load_test_splits
+from manytask.data.readers import read_split
+from manytask.evaluation.predict import Predictions, predict
+from manytask.data.features import encode
+from manytask.runs import Run
+from manytask.tasks import Field, SplitSpec, TaskSpec
+from manytask.training.checkpoint import atomic_write_text
+
+
+def _label_of(spec: TaskSpec, value) -> str:
+    if spec.kind == "classification":
+        return spec.labels[int(value)]  # type: ignore[index]
+    return f"{float(value):.3f}"
+
+
+def input_spec(spec: TaskSpec, path: Path, text_fields: Optional[list[Field]], id_field: Optional[str],
+               fmt: Optional[str]) -> TaskSpec:
+    """A one-split task that reads an unlabeled input file with the task's text columns."""
+    test = next((s for s in spec.splits.values() if s.role == "test"), None)
+    fields = text_fields or (test.text_fields if test and test.text_fields else None) or spec.text_fields
+    header = not all(isinstance(f, int) for f in fields)
+    split = SplitSpec(path=str(path.resolve()), role="test", unlabeled=True, header=header, text_fields=fields,
+                      id_field=id_field)
+    return spec.model_copy(update={"splits": {"input": split}, "format": fmt or None, "id_field": None})
+
+
+def predict_file(run: Run, task: str, input_path: Path, output: Path, text_fields=None, id_field=None,
+                 fmt=None) -> int:
+    """Predictions for every line of ``input_path``; JSONL (.jsonl) or TSV output. Returns the count."""
+    specs = {s.name: s for s in run.specs()}
+    if task not in specs:
+        raise KeyError(f"unknown task {task!r}: the run has {', '.join(specs)}")
+    spec = input_spec(specs[task], Path(input_path), text_fields, id_field, fmt)
+    examples = read_split(spec, "input", Path("."))
+    tok = run.tokenizer()
+    model = run.model_for(task)
+    feats = encode(examples, spec, tok, run.cfg.model.max_seq_length)
+    preds = predict(model, spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id, run.cfg.train.precision)
+    output = Path(output)
+    if output.suffix.lower() == ".jsonl":
+        rows = []
+        for i, e in enumerate(examples):
+            row = {"id": e.key, "prediction": _label_of(spec, preds.values[i])}
+            if preds.probs is not None:
+                row["probabilities"] = {lab: round(float(p), 6) for lab, p in zip(spec.labels, preds.probs[i])}
+            rows.append(json.dumps(row))
+        atomic_write_text(output, "\n".join(rows) + "\n")
+    else:
+        lines = ["id\tprediction" + ("".join(f"\tp_{lab}" for lab in spec.labels) if preds.probs is not None else "")]
+        for i, e in enumerate(examples):
+            probs = "".join(f"\t{p:.6f}" for p in preds.probs[i]) if preds.probs is not None else ""
+            lines.append(f"{e.key}\t{_label_of(spec, preds.values[i])}{probs}")
+        atomic_write_text(output, "\n".join(lines) + "\n")
+    return len(examples)
+
+
+def write_submission(run: Run, out_dir: Path) -> tuple[list[str], list[str]]:
+    """GLUE leaderboard files for the tasks the run has. Returns (files written, notes on what is missing)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    glue_dir = run.cfg.resolved_glue_dir()
+    tok = run.tokenizer()
+    written, notes = [], []
+    for spec in run.specs():
+        if not any(s.submission for s in spec.splits.values()):
+            continue
+        tests, missing = load_test_splits(spec, glue_dir)
+        notes.extend(missing)
+        if not tests:
+            continue
+        model = run.model_for(spec.name)
+        for split, examples in tests.items():
+            name = spec.splits[split].submission
+            if not name:
+                continue
+            feats = encode(examples, spec, tok, run.cfg.model.max_seq_length)
+            preds: Predictions = predict(model, spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id,
+                                         run.cfg.train.precision)
+            body = ["index\tprediction"] + [f"{e.key}\t{_label_of(spec, v)}" for e, v in zip(examples, preds.values)]
+            atomic_write_text(out_dir / name, "\n".join(body) + "\n")
+            written.append(name)
+    return written, notes

@@ -1,0 +1,32 @@
+"""Dev-score tables in Markdown: one column per evaluation set, GLUE metrics x 100, and the average."""
+
+from __future__ import annotations
+
+import math
+
+SHORT = {"accuracy": "acc", "f1": "F1", "f1_macro": "F1m", "matthews": "mcc", "pearson": "P", "spearman": "S"}
+
+
+def _cell(metrics: dict, names: list[str]) -> str:
+    text = "/".join(f"{100 * metrics[n]:.1f}" for n in names if n in metrics)
+    return text + (" ⚠collapsed" if metrics.get("collapsed") else "")
+
+
+def results_table(results: dict, specs: dict, label: str = "dev") -> str:
+    """``results`` as written by evaluate(): tasks -> split -> metrics, plus titles and average."""
+    headers, cells = [], []
+    for name, per_split in results["tasks"].items():
+        spec = specs[name]
+        for split, metrics in per_split.items():
+            title = results["titles"][name][split]
+            headers.append(f"{title} ({'/'.join(SHORT.get(m, m) for m in spec.metrics)})")
+            cells.append(_cell(metrics, spec.metrics))
+    avg = results.get("average", math.nan)
+    headers.append("Avg")
+    cells.append("—" if avg is None or math.isnan(avg) else f"{100 * avg:.1f}")
+    lines = [
+        "| " + " | ".join([label] + headers) + " |",
+        "|" + "---|" * (len(headers) + 1),
+        "| " + " | ".join(["score"] + cells) + " |",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""A run is a directory: resolved config, encoder files, data summary, metrics log, checkpoints, results.
+
+``train_run`` makes one (or resumes it); ``Run`` reopens it for eval, predict and submit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from manytask.config import ConfigError, RunConfig, dump_config, load_config
+from manytask.data.features import Features, encode
+from manytask.data.loading import TaskData, load_tasks
+from manytask.evaluation.metrics import glue_average
+from manytask.evaluation.predict import predict, score
+from manytask.models.encoder import encoder_from_dir, load_encoder, load_tokenizer, save_encoder_files
+from manytask.models.multitask import MultiTaskModel
+from manytask.training.checkpoint import CheckpointDir, atomic_write_json, atomic_write_text, load_weights
+from manytask.training.trainer import TaskFeatures, Trainer, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: RunConfig, specs, encoder) -> MultiTaskModel:
+    model = MultiTaskModel(
+        encoder, specs, {t.name: t.branch_layers for t in cfg.tasks}, pooling=cfg.model.pooling, dropout=cfg.model.dropout
+    )
+    if cfg.model.freeze_trunk:
+        model.freeze_trunk()
+    return model
+
+
+def featurize(data: list[TaskData], tokenizer, max_len: int) -> list[TaskFeatures]:
+    return [
+        TaskFeatures(
+            spec=d.spec,
+            train=encode(d.train, d.spec, tokenizer, max_len),
+            evals={s: encode(ex, d.spec, tokenizer, max_len) for s, ex in d.evals.items()},
+            eval_titles=d.eval_titles,
+            loss_weight=d.entry.loss_weight,
+        )
+        for d in data
+    ]
+
+
+def data_summary(data: list[TaskData], skipped: list[str]) -> dict:
+    return {
+        "tasks": {
+            d.name: {
+                "title": d.spec.title,
+                "kind": d.spec.kind,
+                "labels": d.spec.labels,
+                "label_range": d.spec.label_range,
+                "train_examples": len(d.train),
+                "train_examples_before_cap": d.train_size_before_cap,
+                "eval": {s: {"title": d.eval_titles[s], "examples": len(ex)} for s, ex in d.evals.items()},
+                "files": d.file_hashes,
+                "notes": d.notes,
+            }
+            for d in data
+        },
+        "skipped": skipped,
+    }
+
+
+def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
+    """Train into ``out``. With resume, continue the run found there from its last checkpoint."""
+    out = Path(out)
+    saved = out / "config.yaml"
+    if saved.exists() and not resume:
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if resume and saved.exists():
+        if dump_config(load_config(saved)) != dump_config(cfg):
+            raise ConfigError(f"{out}: the config differs from the run's own ({saved}); resume with that config")
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    data, skipped = load_tasks(cfg)
+    for d in data:
+        for note in d.notes:
+            log.info(note)
+    tokenizer = load_tokenizer(cfg.model.encoder)
+    encoder = load_encoder(cfg.model)
+    model = build_model(cfg, [d.spec for d in data], encoder)
+    feats = featurize(data, tokenizer, cfg.model.max_seq_length)
+    if not saved.exists():
+        save_encoder_files(encoder, tokenizer, out / "encoder")
+        atomic_write_json(out / "data.json", data_summary(data, skipped))
+        atomic_write_text(saved, dump_config(cfg))
+    trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id)
+    if resume:
+        trainer.resume()
+    if trainer.step >= trainer.total_steps and (out / "results.json").exists():
+        log.info("%s: training already finished", out)
+        import json
+
+        return json.loads((out / "results.json").read_text())
+    summary = trainer.train()
+    summary["titles"] = {d.name: d.eval_titles for d in data}
+    summary["skipped"] = skipped
+    atomic_write_json(out / "results.json", summary)
+    return summary
+
+
+@dataclass
+class Run:
+    """A trained run, reopened from its directory."""
+
+    path: Path
+    cfg: RunConfig
+
+    @classmethod
+    def open(cls, path: Path) -> "Run":
+        path = Path(path)
+        if not (path / "config.yaml").exists():
+            raise FileNotFoundError(f"{path} is not a manytask run (no config.yaml)")
+        if not (path / "checkpoints" / "best.json").exists() and not (path / "checkpoints" / "last.json").exists():
+            raise FileNotFoundError(f"{path}: the run has no checkpoint yet")
+        return cls(path, load_config(path / "config.yaml"))
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.path / "encoder"))
+
+    def specs(self):
+        import json
+
+        trained = json.loads((self.path / "data.json").read_text())["tasks"]
+        specs = [t.resolve(Path.cwd()) for t in self.cfg.tasks]
+        return [s for s in specs if s.name in trained]
+
+    def model_for(self, task: Optional[str] = None, which: str = "best") -> MultiTaskModel:
+        """The model with the weights that were best for ``task`` (or the last weights)."""
+        ckpt = CheckpointDir(self.path / "checkpoints")
+        weights = None
+        if which == "best" and task is not None and task in ckpt.best():
+            weights = ckpt.root / ckpt.best()[task]["weights"]
+        if weights is None:
+            info = ckpt.last()
+            if info is None:
+                raise FileNotFoundError(f"{self.path}: no checkpoint")
+            weights = ckpt.root / info["weights"]
+        model = build_model(self.cfg, self.specs(), encoder_from_dir(self.path / "encoder", self.cfg.model.dropout))
+        load_weights(weights, model)
+        return model.eval()
+
+    def evaluate(self, which: str = "best") -> dict:
+        """Dev metrics of every task, each with its best checkpoint (or the last)."""
+        cfg = self.cfg
+        data, skipped = load_tasks(cfg, with_train=False)
+        tok = self.tokenizer()
+        results, primary, titles = {}, {}, {}
+        cache: dict[str, MultiTaskModel] = {}
+        ckpt = CheckpointDir(self.path / "checkpoints")
+        for d in data:
+            key = ckpt.best().get(d.name, {}).get("weights", "last") if which == "best" else "last"
+            if key not in cache:
+                cache[key] = self.model_for(d.name, which)
+            model = cache[key]
+            per_split = {}
+            for split, ex in d.evals.items():
+                feats = encode(ex, d.spec, tok, cfg.model.max_seq_length)
+                preds = predict(model, d.spec, feats, cfg.train.eval_batch_size, tok.pad_token_id, cfg.train.precision)
+                per_split[split] = score(d.spec, preds, feats, d.eval_titles[split])
+            results[d.name] = per_split
+            titles[d.name] = d.eval_titles
+            primary[d.name] = float(np.mean([m[d.spec.primary] for m in per_split.values()]))
+        excluded = [d.name for d in data if not d.spec.in_average]
+        out = {"tasks": results, "primary": primary, "average": glue_average(primary, excluded),
+               "titles": titles, "checkpoint": which, "skipped": skipped}
+        atomic_write_json(self.path / "eval.json", out)
+        return out
+
+

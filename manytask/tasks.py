@@ -1,0 +1,231 @@
+"""Task specifications: what a task reads, predicts and is scored by.
+
+Tasks are data: GLUE's nine tasks (and AX, scored with the MNLI model) are declared
+below as ``TaskSpec`` values, and a user task is the same structure written in YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+Field = Union[str, int]  # a column name, or a 0-based column index for header-less files
+
+
+class StrictModel(BaseModel):
+    """Base for every config object: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SplitSpec(StrictModel):
+    """One file of a task. Fields left unset fall back to the task's."""
+
+    path: str
+    role: Literal["train", "dev", "test"]
+    header: bool = True
+    text_fields: Optional[list[Field]] = None
+    label_field: Optional[Field] = None
+    id_field: Optional[Field] = None
+    unlabeled: bool = False  # test files: no label column
+    submission: Optional[str] = None  # GLUE leaderboard file name, e.g. "MNLI-m.tsv"
+    display: Optional[str] = None  # column name in tables, e.g. "MNLI-m"
+
+
+class TaskSpec(StrictModel):
+    """A task: its files, columns, label space and metrics."""
+
+    name: str
+    display: Optional[str] = None
+    kind: Literal["classification", "regression"]
+    text_fields: list[Field]
+    label_field: Optional[Field] = None
+    id_field: Optional[Field] = None
+    labels: Optional[list[str]] = None
+    label_range: Optional[tuple[float, float]] = None
+    metrics: list[str]
+    primary_metric: Optional[str] = None
+    splits: dict[str, SplitSpec]
+    format: Optional[Literal["tsv", "csv", "jsonl"]] = None
+    quoting: bool = True
+    root: Optional[str] = None  # directory that split paths are relative to
+    glue: bool = False  # GLUE task: root is resolved against the GLUE directory
+    in_average: bool = True  # WNLI is left out of the GLUE average, as BAM does
+
+    @field_validator("text_fields")
+    @classmethod
+    def _one_or_two_texts(cls, v: list[Field]) -> list[Field]:
+        if not 1 <= len(v) <= 2:
+            raise ValueError("text_fields must name one column (single sentence) or two (pair)")
+        return v
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "TaskSpec":
+        if self.kind == "classification":
+            if not self.labels or len(self.labels) < 2:
+                raise ValueError(f"task {self.name!r}: a classification task needs 'labels' (two or more)")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"task {self.name!r}: 'labels' has duplicates")
+        else:
+            if self.label_range is None:
+                raise ValueError(f"task {self.name!r}: a regression task needs 'label_range: [low, high]'")
+            lo, hi = self.label_range
+            if not hi > lo:
+                raise ValueError(f"task {self.name!r}: label_range must be [low, high] with high > low")
+        from manytask.evaluation.metrics import METRICS  # late: metrics imports nothing from here
+
+        for m in self.metrics + ([self.primary_metric] if self.primary_metric else []):
+            if m not in METRICS:
+                raise ValueError(f"task {self.name!r}: unknown metric {m!r} (known: {', '.join(sorted(METRICS))})")
+        if not any(s.role == "train" for s in self.splits.values()):
+            pass  # a train split may come from a re-split; checked when loading
+        return self
+
+    @property
+    def title(self) -> str:
+        return self.display or self.name
+
+    @property
+    def primary(self) -> str:
+        return self.primary_metric or self.metrics[0]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.labels) if self.kind == "classification" else 1
+
+    def scale(self, value: float) -> float:
+        """Regression label on the task's range -> [0, 1], the sigmoid's range."""
+        lo, hi = self.label_range  # type: ignore[misc]
+        return (value - lo) / (hi - lo)
+
+    def unscale(self, value: float) -> float:
+        lo, hi = self.label_range  # type: ignore[misc]
+        return lo + value * (hi - lo)
+
+    def split_root(self, glue_dir: Optional[Path]) -> Path:
+        if self.glue:
+            if glue_dir is None:
+                raise ValueError("a GLUE task needs the GLUE directory")
+            return Path(glue_dir) / (self.root or "")
+        return Path(self.root or ".")
+
+
+def _tsv(path, role, **kw) -> SplitSpec:
+    return SplitSpec(path=path, role=role, **kw)
+
+
+def _glue_test(path: str, submission: str, texts: list[Field]) -> SplitSpec:
+    return SplitSpec(path=path, role="test", unlabeled=True, id_field="index", text_fields=texts, submission=submission)
+
+
+BINARY = ["0", "1"]
+NLI2 = ["entailment", "not_entailment"]
+
+GLUE_TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec(
+            name="cola", display="CoLA", kind="classification", root="CoLA", glue=True, quoting=False,
+            text_fields=[3], label_field=1, labels=BINARY, metrics=["matthews", "accuracy"],
+            splits={
+                "train": _tsv("train.tsv", "train", header=False),
+                "dev": _tsv("dev.tsv", "dev", header=False),
+                "test": _glue_test("test.tsv", "CoLA.tsv", ["sentence"]),
+            },
+        ),
+        TaskSpec(
+            name="sst2", display="SST-2", kind="classification", root="SST-2", glue=True, quoting=False,
+            text_fields=["sentence"], label_field="label", labels=BINARY, metrics=["accuracy"],
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev": _tsv("dev.tsv", "dev"),
+                "test": _glue_test("test.tsv", "SST-2.tsv", ["sentence"]),
+            },
+        ),
+        TaskSpec(
+            name="mrpc", display="MRPC", kind="classification", root="MRPC", glue=True, quoting=False,
+            text_fields=["#1 String", "#2 String"], label_field="Quality", labels=BINARY,
+            metrics=["accuracy", "f1"],
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev": _tsv("dev.tsv", "dev"),
+                "test": _glue_test("test.tsv", "MRPC.tsv", ["#1 String", "#2 String"]),
+            },
+        ),
+        TaskSpec(
+            name="stsb", display="STS-B", kind="regression", root="STS-B", glue=True, quoting=False,
+            text_fields=["sentence1", "sentence2"], label_field="score", id_field="index", label_range=(0.0, 5.0),
+            metrics=["pearson", "spearman"], primary_metric="spearman",
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev": _tsv("dev.tsv", "dev"),
+                "test": _glue_test("test.tsv", "STS-B.tsv", ["sentence1", "sentence2"]),
+            },
+        ),
+        TaskSpec(
+            name="qqp", display="QQP", kind="classification", root="QQP", glue=True, quoting=False,
+            text_fields=["question1", "question2"], label_field="is_duplicate", id_field="id", labels=BINARY,
+            metrics=["accuracy", "f1"],
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev": _tsv("dev.tsv", "dev"),
+                "test": _glue_test("test.tsv", "QQP.tsv", ["question1", "question2"]),
+            },
+        ),
+        TaskSpec(
+            name="mnli", display="MNLI", kind="classification", root="MNLI", glue=True, quoting=False,
+            text_fields=["sentence1", "sentence2"], label_field="gold_label", id_field="index",
+            labels=["contradiction", "entailment", "neutral"], metrics=["accuracy"],
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev_matched": _tsv("dev_matched.tsv", "dev", display="MNLI-m"),
+                "dev_mismatched": _tsv("dev_mismatched.tsv", "dev", display="MNLI-mm"),
+                "test_matched": _glue_test("test_matched.tsv", "MNLI-m.tsv", ["sentence1", "sentence2"]),
+                "test_mismatched": _glue_test("test_mismatched.tsv", "MNLI-mm.tsv", ["sentence1", "sentence2"]),
+                "diagnostic": _glue_test("../diagnostic/diagnostic.tsv", "AX.tsv", ["sentence1", "sentence2"]),
+            },
+        ),
+        TaskSpec(
+            name="qnli", display="QNLI", kind="classification", root="QNLI", glue=True, quoting=False,
+            text_fields=["question", "sentence"], label_field="label", id_field="index", labels=NLI2,
+            metrics=["accuracy"],
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev": _tsv("dev.tsv", "dev"),
+                "test": _glue_test("test.tsv", "QNLI.tsv", ["question", "sentence"]),
+            },
+        ),
+        TaskSpec(
+            name="rte", display="RTE", kind="classification", root="RTE", glue=True, quoting=False,
+            text_fields=["sentence1", "sentence2"], label_field="label", id_field="index", labels=NLI2,
+            metrics=["accuracy"],
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev": _tsv("dev.tsv", "dev"),
+                "test": _glue_test("test.tsv", "RTE.tsv", ["sentence1", "sentence2"]),
+            },
+        ),
+        TaskSpec(
+            name="wnli", display="WNLI", kind="classification", root="WNLI", glue=True, quoting=False,
+            text_fields=["sentence1", "sentence2"], label_field="label", id_field="index", labels=BINARY,
+            metrics=["accuracy"], in_average=False,
+            splits={
+                "train": _tsv("train.tsv", "train"),
+                "dev": _tsv("dev.tsv", "dev"),
+                "test": _glue_test("test.tsv", "WNLI.tsv", ["sentence1", "sentence2"]),
+            },
+        ),
+    ]
+}
+
+_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
+
+
+def glue_task(name: str) -> Optional[TaskSpec]:
+    """The GLUE spec for a name in any common spelling (SST-2, sst2, STS-B...), or None."""
+    key = name.lower()
+    key = _ALIASES.get(key, key)
+    spec = GLUE_TASKS.get(key)
+    return spec.model_copy(deep=True) if spec else None

@@ -1,0 +1,224 @@
+"""One training loop for single- and multi-task runs, with periodic evaluation and resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from manytask.config import TrainConfig
+from manytask.data.features import Features, collate
+from manytask.data.samplers import Plan, batches_per_epoch, make_plan
+from manytask.evaluation.metrics import glue_average
+from manytask.evaluation.predict import autocast, predict, score
+from manytask.models.multitask import MultiTaskModel
+from manytask.tasks import TaskSpec
+from manytask.training.checkpoint import CheckpointDir, load_weights
+from manytask.training.losses import gold_loss
+from manytask.training.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskFeatures:
+    """A task's tokenised data as the trainer sees it."""
+
+    spec: TaskSpec
+    train: Features
+    evals: dict[str, Features]
+    eval_titles: dict[str, str]
+    loss_weight: float = 1.0
+
+
+class LossFn(Protocol):
+    """loss(spec, logits, batch, progress in [0, 1]) -> scalar; distillation plugs in here."""
+
+    def __call__(self, spec: TaskSpec, logits: torch.Tensor, batch: dict, progress: float) -> torch.Tensor: ...
+
+
+def default_loss(spec: TaskSpec, logits: torch.Tensor, batch: dict, progress: float) -> torch.Tensor:
+    return gold_loss(spec, logits, batch["labels"])
+
+
+Callback = Callable[[str, dict], None]  # (event, payload): "log", "eval", "end"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Trainer:
+    model: MultiTaskModel
+    tasks: list[TaskFeatures]
+    cfg: TrainConfig
+    run_dir: Path
+    seed: int
+    pad_id: int
+    loss_fn: LossFn = default_loss
+    callbacks: list[Callback] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.by_name = {t.spec.name: t for t in self.tasks}
+        self.ckpt = CheckpointDir(Path(self.run_dir) / "checkpoints")
+        self.metrics_path = Path(self.run_dir) / "metrics.jsonl"
+        sizes = {t.spec.name: len(t.train) for t in self.tasks}
+        empty = [n for n, s in sizes.items() if s == 0]
+        if empty:
+            raise ValueError(f"no training examples for task(s): {', '.join(empty)}")
+        self.total_steps = self.cfg.steps or max(1, math.ceil(self.cfg.epochs * batches_per_epoch(sizes, self.cfg.batch_size)))
+        self.plan: Plan = make_plan(
+            {n: t.train.lengths for n, t in self.by_name.items()}, self.cfg.batch_size, self.total_steps,
+            self.cfg.sampling, self.seed, self.cfg.group_by_length,
+        )
+        self.optimizer, self.scheduler = make_optimizer(
+            self.model, self.cfg.lr, self.cfg.layerwise_lr_decay, self.cfg.weight_decay,
+            int(self.cfg.warmup * self.total_steps), self.total_steps,
+        )
+        self.best: dict[str, dict] = {}
+        self.step = 0
+        self.train_seconds = 0.0
+        self.train_examples = 0
+
+    # ---- bookkeeping -------------------------------------------------------------------
+    def _emit(self, event: str, payload: dict) -> None:
+        record = {"event": event, "step": self.step, **payload}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for cb in self.callbacks:
+            cb(event, record)
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "best": self.best,
+            "train_seconds": self.train_seconds,
+            "train_examples": self.train_examples,
+            "total_steps": self.total_steps,
+        }
+
+    def resume(self) -> bool:
+        """Continue from the last checkpoint, if any; the plan is redrawn from the seed."""
+        loaded = self.ckpt.load_state()
+        if loaded is None:
+            return False
+        step, weights, state = loaded
+        if state["total_steps"] != self.total_steps:
+            raise ValueError(f"{self.run_dir}: checkpoint was made for {state['total_steps']} steps, "
+                             f"this config gives {self.total_steps}: resume with the run's own config")
+        load_weights(weights, self.model)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.best = state["best"]
+        self.ckpt.restore_best(self.best)
+        self.step = step
+        self.train_seconds = state["train_seconds"]
+        self.train_examples = state["train_examples"]
+        log.info("resumed %s at step %d of %d", self.run_dir, step, self.total_steps)
+        return True
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        """Dev metrics per task and split, the primary score per task, and the GLUE-style average."""
+        results: dict[str, dict] = {}
+        primary: dict[str, float] = {}
+        for name, t in self.by_name.items():
+            per_split = {}
+            for split, feats in t.evals.items():
+                preds = predict(self.model, t.spec, feats, self.cfg.eval_batch_size, self.pad_id, self.cfg.precision)
+                per_split[split] = score(t.spec, preds, feats, t.eval_titles[split])
+            results[name] = per_split
+            primary[name] = float(np.mean([m[t.spec.primary] for m in per_split.values()]))
+        excluded = [n for n, t in self.by_name.items() if not t.spec.in_average]
+        return {"tasks": results, "primary": primary, "average": glue_average(primary, excluded)}
+
+    def _track_best(self, results: dict) -> list[str]:
+        improved = []
+        for name, value in results["primary"].items():
+            if name not in self.best or value > self.best[name]["score"]:
+                self.best[name] = {"score": value, "step": self.step, "weights": self.ckpt.weights_path(self.step).name}
+                improved.append(name)
+        return improved
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def train(self) -> dict:
+        if self.step == 0:
+            self._emit("plan", {"total_steps": self.total_steps, "draws": self.plan.draws(),
+                                "sampling": self.cfg.sampling.model_dump()})
+        self.model.train()
+        running: dict[str, list[float]] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress, desc="train",
+                   dynamic_ncols=True)
+        last_eval: Optional[dict] = None
+        while self.step < self.total_steps:
+            task_name, idx = self.plan.steps[self.step]
+            t = self.by_name[task_name]
+            batch = collate(t.train, idx, self.pad_id)
+            batch["index"] = torch.tensor(idx)
+            start = time.perf_counter()
+            with autocast(self.cfg.precision):
+                logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                    tasks=[task_name])[task_name]
+            loss = self.loss_fn(t.spec, logits, batch, self.step / self.total_steps) * t.loss_weight
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {self.step}, task {task_name}: loss is {loss.item()}")
+            loss.backward()
+            if self.cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.train_seconds += time.perf_counter() - start
+            self.train_examples += len(idx)
+            self.step += 1
+            bar.update(1)
+            running.setdefault(task_name, []).append(loss.item())
+            if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
+                losses = {k: float(np.mean(v)) for k, v in running.items()}
+                bar.set_postfix(loss=f"{np.mean([l for v in running.values() for l in v]):.4f}")
+                self._emit("log", {"loss": losses, "lr": self.scheduler.get_last_lr()[-1],
+                                   "examples_per_s": self.train_examples / max(self.train_seconds, 1e-9)})
+                running = {}
+            at_end = self.step == self.total_steps
+            if (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or at_end:
+                last_eval = self.evaluate()
+                improved = self._track_best(last_eval)
+                self._emit("eval", last_eval)
+                if improved:
+                    self.ckpt.save_best(self.best, self.step, self.model)
+                self.ckpt.save_last(self.step, self.model, self._state())
+                self.model.train()
+            elif self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
+                self.ckpt.save_last(self.step, self.model, self._state())
+        bar.close()
+        summary = {
+            "total_steps": self.total_steps,
+            "draws": self.plan.draws(),
+            "best": self.best,
+            "final": last_eval,
+            "train_seconds": self.train_seconds,
+            "train_examples": self.train_examples,
+            "examples_per_s": self.train_examples / max(self.train_seconds, 1e-9),
+        }
+        self._emit("end", {k: v for k, v in summary.items() if k != "final"})
+        return summary
