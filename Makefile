@@ -1,0 +1,27 @@
+# `make demo` and `make test` each set up their own virtual environment first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+GLUE_DIR ?= $(if $(wildcard ../shared/glue),../shared/glue,data/glue)
+export MANYTASK_GLUE_DIR ?= $(GLUE_DIR)
+
+$(BIN)/manytask: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0   # first: the CPU build from local disk, never a CUDA one
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/manytask
+
+demo: venv
+	rm -rf runs/demo
+	$(BIN)/manytask train --config configs/demo.yaml --out runs/demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not real_model"
+
+.PHONY: venv demo test test-fast

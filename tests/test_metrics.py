@@ -1,0 +1,30 @@
+import math
+
+import pytest
+
+from manytask.evaluation.metrics import collapsed, compute_metrics, glue_average
+
+
+def test_against_hand_computed_values():
+    y, p = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
+    m = compute_metrics(["accuracy", "f1", "matthews"], y, p)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    # tp=2 fp=1 fn=1 -> F1 = 2*2/(2*2+1+1)
+    assert m["f1"] == pytest.approx(4 / 6)
+    # tn=1: MCC = (tp*tn - fp*fn)/sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (2-1)/sqrt(3*3*2*2)
+    assert m["matthews"] == pytest.approx(1 / 6)
+
+
+def test_correlations():
+    m = compute_metrics(["pearson", "spearman"], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 10.0])
+    assert m["spearman"] == pytest.approx(1.0)
+    assert m["pearson"] == pytest.approx(14 / 250 ** 0.5)
+    assert compute_metrics(["pearson"], [1.0, 2.0], [3.0, 3.0])["pearson"] == 0.0  # constant output
+
+
+def test_collapse_and_average():
+    assert collapsed([1, 1, 1], 2) and not collapsed([1, 0, 1], 2)
+    assert glue_average({"cola": 0.5, "rte": 0.7, "wnli": 0.1}, excluded=["wnli"]) == pytest.approx(0.6)
+    assert math.isnan(glue_average({}))
+    with pytest.raises(ValueError):
+        compute_metrics(["accuracy"], [1], [1, 0])
