@@ -1,0 +1,82 @@
+"""The commands end to end on the tiny random recipe: train, eval, predict, submit, and their errors."""
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from manytask.cli import app
+
+runner = CliRunner()
+
+
+def _config(tmp_path, cfg) -> str:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return str(p)
+
+
+def test_train_eval_predict_submit(mini_glue, tiny_config, tmp_path):
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, tiny_config), "-o", str(run), "--set", "train.steps=6"])
+    assert r.exit_code == 0, r.output
+    assert "MNLI-m (dev_matched re-split)" in r.output and "Avg" in r.output and "drawn" in r.output
+
+    r = runner.invoke(app, ["eval", str(run)])
+    assert r.exit_code == 0, r.output
+    ev = json.loads((run / "eval.json").read_text())
+    assert set(ev["tasks"]) == {"cola", "sst2", "mrpc", "stsb", "mnli"}
+    assert 0.0 <= ev["tasks"]["mrpc"]["dev"]["f1"] <= 1.0
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"sentence": "good fine"}\n{"sentence": "awful grim"}\n')
+    r = runner.invoke(app, ["predict", str(run), "--task", "sst2", "-i", str(inp), "-o", str(tmp_path / "p.jsonl")])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(l) for l in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["prediction"] in ("0", "1")
+    assert abs(sum(rows[0]["probabilities"].values()) - 1) < 1e-4
+
+    sub = tmp_path / "sub"
+    r = runner.invoke(app, ["submit", str(run), "--out", str(sub)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in sub.iterdir()) == ["AX.tsv", "CoLA.tsv", "SST-2.tsv", "STS-B.tsv"]
+    lines = (sub / "STS-B.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 11
+    assert 0.0 <= float(lines[1].split("\t")[1]) <= 5.0
+    assert "MRPC" in r.output and "missing" in r.output  # mini GLUE has no MRPC test file: said, not fatal
+
+
+def test_absent_glue_task_is_skipped_with_a_note(mini_glue, tiny_config, tmp_path):
+    tiny_config["tasks"] = ["sst2", "qqp"]
+    tiny_config["train"]["steps"] = 2
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, tiny_config), "-o", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "QQP: skipped" in r.output and "QQP/dev.tsv" in r.output
+
+
+def test_errors_name_the_problem(mini_glue, tiny_config, tmp_path):
+    tiny_config["train"]["lrr"] = 1
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, tiny_config), "-o", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "train.lrr: unknown key" in r.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,pos\nok,neutral\n")
+    cfg = {"tasks": [{"name": "mine", "kind": "classification", "train": str(bad), "dev": str(bad),
+                      "text_fields": ["text"], "label_field": "label", "labels": ["pos", "neg"]}],
+           "model": tiny_config["model"]}
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, cfg), "-o", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "bad.csv, line 3, field 'label'" in r.output
+    r = runner.invoke(app, ["eval", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "not a manytask run" in r.output
+
+
+def test_user_task_from_csv(tmp_path, tiny_config):
+    rows = "".join(f"{'great fine lovely' if i % 2 else 'awful dull grim'} {i},{'pos' if i % 2 else 'neg'}\n"
+                   for i in range(40))
+    (tmp_path / "t.csv").write_text("review,sentiment\n" + rows)
+    cfg = {"tasks": [{"name": "reviews", "kind": "classification", "train": str(tmp_path / "t.csv"),
+                      "dev": str(tmp_path / "t.csv"), "text_fields": ["review"], "label_field": "sentiment",
+                      "labels": ["neg", "pos"], "metrics": ["accuracy", "f1_macro"]}],
+           "model": tiny_config["model"], "train": {"steps": 8, "batch_size": 8, "lr": 1e-3, "progress": False}}
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, cfg), "-o", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert "reviews (acc/F1m)" in r.output

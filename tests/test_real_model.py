@@ -1,0 +1,26 @@
+"""Few, slower tests on the real packaged MiniLM and real GLUE data: does it learn?"""
+
+from pathlib import Path
+
+import pytest
+
+from manytask.config import load_config
+from manytask.runs import train_run
+
+GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
+
+
+@pytest.mark.real_model
+def test_minilm_learns_sst2(tmp_path, monkeypatch):
+    if not (GLUE / "SST-2" / "train.tsv").exists():
+        pytest.skip("no ../shared/glue")
+    monkeypatch.setenv("MANYTASK_GLUE_DIR", str(GLUE))
+    cfg = load_config(data={
+        "seed": 1,
+        "tasks": [{"name": "sst2", "max_train": 640, "max_eval": 300}],
+        "model": {"max_seq_length": 64, "pooling": "mean"},
+        "train": {"batch_size": 32, "epochs": 1, "lr": 1e-4, "progress": False},
+    })
+    summary = train_run(cfg, tmp_path / "sst2")
+    acc = summary["final"]["tasks"]["sst2"]["dev"]["accuracy"]
+    assert acc > 0.75, f"SST-2 dev accuracy {acc:.3f}: MiniLM did not learn (chance is 0.5)"
