@@ -63,7 +63,11 @@ def train(
         _fail(str(e))
         return
     run = Run.open(out)
-    result = run.evaluate("best")
+    final = summary.get("final")
+    if final and all(b["step"] == summary["total_steps"] for b in summary["best"].values()):
+        result = {**final, "titles": summary["titles"], "skipped": summary["skipped"]}  # best = last: no rerun
+    else:
+        result = run.evaluate("best")
     typer.echo(_draws_line(summary))
     typer.echo(results_table(result, _specs(run), label="dev (best checkpoint per task)"))
     for s in result["skipped"]:

@@ -51,7 +51,7 @@ def test_absent_glue_task_is_skipped_with_a_note(mini_glue, tiny_config, tmp_pat
     tiny_config["train"]["steps"] = 2
     r = runner.invoke(app, ["train", "-c", _config(tmp_path, tiny_config), "-o", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
-    assert "QQP: skipped" in r.output and "QQP/dev.tsv" in r.output
+    assert "QQP: skipped" in r.output and "QQP/train.tsv" in r.output
 
 
 def test_errors_name_the_problem(mini_glue, tiny_config, tmp_path):

@@ -17,9 +17,9 @@ def test_minilm_learns_sst2(tmp_path, monkeypatch):
     monkeypatch.setenv("MANYTASK_GLUE_DIR", str(GLUE))
     cfg = load_config(data={
         "seed": 1,
-        "tasks": [{"name": "sst2", "max_train": 640, "max_eval": 300}],
+        "tasks": [{"name": "sst2", "max_train": 960, "max_eval": 300}],
         "model": {"max_seq_length": 64, "pooling": "mean"},
-        "train": {"batch_size": 32, "epochs": 1, "lr": 1e-4, "progress": False},
+        "train": {"batch_size": 32, "epochs": 1, "lr": 2e-4, "progress": False},
     })
     summary = train_run(cfg, tmp_path / "sst2")
     acc = summary["final"]["tasks"]["sst2"]["dev"]["accuracy"]
