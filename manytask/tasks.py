@@ -79,8 +79,6 @@ class TaskSpec(StrictModel):
         for m in self.metrics + ([self.primary_metric] if self.primary_metric else []):
             if m not in METRICS:
                 raise ValueError(f"task {self.name!r}: unknown metric {m!r} (known: {', '.join(sorted(METRICS))})")
-        if not any(s.role == "train" for s in self.splits.values()):
-            pass  # a train split may come from a re-split; checked when loading
         return self
 
     @property
