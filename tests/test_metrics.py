@@ -28,3 +28,17 @@ def test_collapse_and_average():
     assert math.isnan(glue_average({}))
     with pytest.raises(ValueError):
         compute_metrics(["accuracy"], [1], [1, 0])
+
+
+def test_bf16_warns_where_the_cpu_emulates_it(monkeypatch, caplog):
+    import manytask.evaluation.predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(predict_mod, "_warned_bf16", False)
+    with predict_mod.autocast("bf16"):
+        pass
+    assert "no native bf16" in caplog.text
+    caplog.clear()
+    with predict_mod.autocast("fp32"):
+        pass
+    assert caplog.text == ""
