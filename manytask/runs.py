@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,6 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
         trainer.resume()
     if trainer.step >= trainer.total_steps and (out / "results.json").exists():
         log.info("%s: training already finished", out)
-        import json
-
         return json.loads((out / "results.json").read_text())
     summary = trainer.train()
     summary["titles"] = {d.name: d.eval_titles for d in data}
@@ -127,8 +126,6 @@ class Run:
         return AutoTokenizer.from_pretrained(str(self.path / "encoder"))
 
     def specs(self):
-        import json
-
         trained = json.loads((self.path / "data.json").read_text())["tasks"]
         specs = [t.resolve(Path.cwd()) for t in self.cfg.tasks]
         return [s for s in specs if s.name in trained]
