@@ -11,13 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 from manytask.config import ConfigError, RunConfig, dump_config, load_config
-from manytask.data.features import Features, encode
+from manytask.data.features import encode
 from manytask.data.loading import TaskData, load_tasks
-from manytask.evaluation.metrics import glue_average
-from manytask.evaluation.predict import predict, score
+from manytask.evaluation.predict import evaluate_task, summarize
 from manytask.models.encoder import encoder_from_dir, load_encoder, load_tokenizer, save_encoder_files
 from manytask.models.multitask import MultiTaskModel
 from manytask.training.checkpoint import CheckpointDir, atomic_write_json, atomic_write_text, load_weights
@@ -150,25 +148,19 @@ class Run:
         cfg = self.cfg
         data, skipped = load_tasks(cfg, with_train=False)
         tok = self.tokenizer()
-        results, primary, titles = {}, {}, {}
+        results, titles = {}, {}
         cache: dict[str, MultiTaskModel] = {}
         ckpt = CheckpointDir(self.path / "checkpoints")
         for d in data:
             key = ckpt.best().get(d.name, {}).get("weights", "last") if which == "best" else "last"
             if key not in cache:
                 cache[key] = self.model_for(d.name, which)
-            model = cache[key]
-            per_split = {}
-            for split, ex in d.evals.items():
-                feats = encode(ex, d.spec, tok, cfg.model.max_seq_length)
-                preds = predict(model, d.spec, feats, cfg.train.eval_batch_size, tok.pad_token_id, cfg.train.precision)
-                per_split[split] = score(d.spec, preds, feats, d.eval_titles[split])
-            results[d.name] = per_split
+            feats = {s: encode(ex, d.spec, tok, cfg.model.max_seq_length) for s, ex in d.evals.items()}
+            results[d.name] = evaluate_task(cache[key], d.spec, feats, d.eval_titles, cfg.train.eval_batch_size,
+                                            tok.pad_token_id, cfg.train.precision)
             titles[d.name] = d.eval_titles
-            primary[d.name] = float(np.mean([m[d.spec.primary] for m in per_split.values()]))
-        excluded = [d.name for d in data if not d.spec.in_average]
-        out = {"tasks": results, "primary": primary, "average": glue_average(primary, excluded),
-               "titles": titles, "checkpoint": which, "skipped": skipped}
+        out = {**summarize(results, {d.name: d.spec for d in data}), "titles": titles, "checkpoint": which,
+               "skipped": skipped}
         atomic_write_json(self.path / "eval.json", out)
         return out
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from manytask.config import TaskEntry
-from manytask.data.loading import hold_out, load_task
+from manytask.data.loading import load_task
 from manytask.data.readers import DataError, read_split
 from manytask.tasks import glue_task
 

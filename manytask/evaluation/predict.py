@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from manytask.data.features import Features, collate
-from manytask.evaluation.metrics import collapsed, compute_metrics
+from manytask.evaluation.metrics import collapsed, compute_metrics, glue_average
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
 
@@ -94,3 +94,19 @@ def score(spec: TaskSpec, preds: Predictions, feats: Features, title: str = "") 
                     spec.labels[int(preds.values[0])] if spec.labels else preds.values[0])
     result["n"] = len(gold)
     return result
+
+
+def evaluate_task(model: MultiTaskModel, spec: TaskSpec, evals: dict[str, Features], titles: dict[str, str],
+                  batch_size: int, pad_id: int, precision: str = "fp32") -> dict[str, dict]:
+    """Metrics of every evaluation split of one task."""
+    return {
+        split: score(spec, predict(model, spec, feats, batch_size, pad_id, precision), feats, titles[split])
+        for split, feats in evals.items()
+    }
+
+
+def summarize(results: dict[str, dict[str, dict]], specs: dict[str, TaskSpec]) -> dict:
+    """Per-task primary score (mean over a task's dev sets) and the GLUE-style average."""
+    primary = {n: float(np.mean([m[specs[n].primary] for m in per_split.values()])) for n, per_split in results.items()}
+    excluded = [n for n in results if not specs[n].in_average]
+    return {"tasks": results, "primary": primary, "average": glue_average(primary, excluded)}

@@ -18,8 +18,7 @@ from tqdm import tqdm
 from manytask.config import TrainConfig
 from manytask.data.features import Features, collate
 from manytask.data.samplers import Plan, batches_per_epoch, make_plan
-from manytask.evaluation.metrics import glue_average
-from manytask.evaluation.predict import autocast, predict, score
+from manytask.evaluation.predict import autocast, evaluate_task, summarize
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
 from manytask.training.checkpoint import CheckpointDir, load_weights
@@ -140,17 +139,12 @@ class Trainer:
     # ---- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Dev metrics per task and split, the primary score per task, and the GLUE-style average."""
-        results: dict[str, dict] = {}
-        primary: dict[str, float] = {}
-        for name, t in self.by_name.items():
-            per_split = {}
-            for split, feats in t.evals.items():
-                preds = predict(self.model, t.spec, feats, self.cfg.eval_batch_size, self.pad_id, self.cfg.precision)
-                per_split[split] = score(t.spec, preds, feats, t.eval_titles[split])
-            results[name] = per_split
-            primary[name] = float(np.mean([m[t.spec.primary] for m in per_split.values()]))
-        excluded = [n for n, t in self.by_name.items() if not t.spec.in_average]
-        return {"tasks": results, "primary": primary, "average": glue_average(primary, excluded)}
+        results = {
+            name: evaluate_task(self.model, t.spec, t.evals, t.eval_titles, self.cfg.eval_batch_size, self.pad_id,
+                                self.cfg.precision)
+            for name, t in self.by_name.items()
+        }
+        return summarize(results, {n: t.spec for n, t in self.by_name.items()})
 
     def _track_best(self, results: dict) -> list[str]:
         improved = []
