@@ -1,4 +1,4 @@
-"""The ``manytask`` command: train, eval, predict, submit, tasks."""
+"""The ``manytask`` command: train, eval, predict, submit, tasks, targets, bam, report."""
 
 from __future__ import annotations
 
@@ -158,6 +158,86 @@ def tasks(glue_dir: Optional[Path] = GlueDir) -> None:
         base = spec.split_root(root)
         parts = [f"{n}{'' if (base / s.path).is_file() else ' (missing)'}" for n, s in spec.splits.items()]
         typer.echo(f"  {spec.title:6s} {spec.kind:14s} {', '.join(parts)}")
+
+
+@app.command()
+def targets(
+    run_dir: Path = typer.Argument(..., help="a trained run: the teacher"),
+    out: Path = typer.Option(..., "--out", "-o", help="target-store directory (one file per task)"),
+    last: bool = typer.Option(False, "--last", help="use the last checkpoint instead of each task's best"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Write a teacher's predictions on its training examples, for a student's `distill.targets`."""
+    _setup(glue_dir)
+    from manytask.distill.teacher import write_targets
+
+    try:
+        written = write_targets(run_dir, out, "last" if last else "best")
+    except FileNotFoundError as e:
+        _fail(str(e))
+        return
+    typer.echo(f"wrote {', '.join(p.name for p in written)} to {out}")
+
+
+def _seeds(text: Optional[str]) -> Optional[list[int]]:
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        _fail(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2,3")
+        return None
+
+
+@app.command()
+def bam(
+    config: Path = typer.Option(..., "--config", "-c", help="study YAML (tasks, model, recipes)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default: runs/<name>)"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key: --set multi.lr=1e-4"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Run a BAM study: teachers, target stores, students, fine-tuning; then write the report.
+
+    Finished stages are reused, so the same command resumes an interrupted study or adds seeds.
+    """
+    _setup(glue_dir)
+    from manytask.config import ConfigError
+    from manytask.data.loading import MissingData
+    from manytask.data.readers import DataError
+    from manytask.distill.recipes import load_study
+    from manytask.distill.store import TargetError
+    from manytask.distill.study import run_study
+    from manytask.report.bam import write_report
+
+    try:
+        cfg = load_study(config, set_)
+        out = out or Path("runs") / cfg.name
+        run_study(cfg, out, _seeds(seeds))
+        rep = write_report(out)
+    except (ConfigError, DataError, MissingData, TargetError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo(rep["markdown"])
+    typer.echo(f"report: {out / 'report.md'}, {out / 'report.json'}, " + ", ".join(rep["plots"]))
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a study directory made by `manytask bam`")) -> None:
+    """Rebuild a study's report (tables, significance tests, plots) from what its runs wrote."""
+    _setup(None)
+    from manytask.config import ConfigError
+    from manytask.report.bam import write_report
+
+    if not (run_dir / "study.yaml").exists():
+        _fail(f"{run_dir} is not a study directory (no study.yaml)")
+    try:
+        rep = write_report(run_dir)
+    except (ConfigError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo(rep["markdown"])
+    typer.echo(f"report: {run_dir / 'report.md'}, " + ", ".join(rep["plots"]))
 
 
 def main() -> None:  # console-script entry point

@@ -132,6 +132,34 @@ class ModelConfig(StrictModel):
     pooling: Literal["cls", "mean"] = "cls"
     dropout: float = 0.1
     freeze_trunk: bool = False
+    init_from: Optional[str] = None  # a run directory: start from its weights (each task's best checkpoint)
+
+
+class DistillConfig(StrictModel):
+    """Learn from a teacher-target store (BAM): target = lam * gold + (1 - lam) * teacher.
+
+    ``schedule: linear`` is teacher annealing (lam rises 0 -> 1 over training); ``constant``
+    keeps ``lam`` fixed (0 = pure distillation).
+    """
+
+    targets: str  # directory written by the teacher (one file per task)
+    schedule: Literal["linear", "constant"] = "linear"
+    lam: float = 0.0  # constant schedule only
+    temperature: float = 1.0  # softmax(teacher_logits / T)
+
+    @field_validator("lam")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        if not 0.0 <= v <= 1.0:
+            raise ValueError("must be between 0 and 1")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
 
 
 class SamplingConfig(StrictModel):
@@ -154,6 +182,7 @@ class TrainConfig(StrictModel):
     group_by_length: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_every: Optional[int] = None  # steps; None = at the end only
+    evals: Optional[int] = None  # or: this many evenly spaced dev evaluations (overrides eval_every)
     log_every: int = 20
     checkpoint_every: Optional[int] = None  # steps; None = at every evaluation and at the end
     progress: bool = True
@@ -174,6 +203,7 @@ class RunConfig(StrictModel):
     tasks: list[TaskEntry]
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    distill: Optional[DistillConfig] = None
 
     @field_validator("tasks")
     @classmethod
@@ -254,6 +284,10 @@ def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[st
 
 def _absolutize_user_files(cfg: RunConfig, base: Path) -> None:
     """User task files are relative to the working directory; a saved run must not depend on it."""
+    if cfg.distill is not None:
+        cfg.distill.targets = str((base / cfg.distill.targets).resolve())
+    if cfg.model.init_from is not None:
+        cfg.model.init_from = str((base / cfg.model.init_from).resolve())
     for t in cfg.tasks:
         for role in ("train", "dev", "test"):
             path = getattr(t, role)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from safetensors.torch import load_file
 
 from manytask.config import ConfigError, RunConfig, dump_config, load_config
 from manytask.data.features import encode
@@ -19,7 +20,7 @@ from manytask.evaluation.predict import evaluate_task, summarize
 from manytask.models.encoder import encoder_from_dir, load_encoder, load_tokenizer, save_encoder_files
 from manytask.models.multitask import MultiTaskModel
 from manytask.training.checkpoint import CheckpointDir, atomic_write_json, atomic_write_text, load_weights
-from manytask.training.trainer import TaskFeatures, Trainer, seed_everything
+from manytask.training.trainer import TaskFeatures, Trainer, default_loss, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,28 @@ def build_model(cfg: RunConfig, specs, encoder) -> MultiTaskModel:
     if cfg.model.freeze_trunk:
         model.freeze_trunk()
     return model
+
+
+def init_weights(model: MultiTaskModel, source: Path, tasks: list[str]) -> None:
+    """Start from another run's weights: its last checkpoint, or the best one for the single task
+    being fine-tuned. Every parameter of ``model`` must be found there with the same shape."""
+    ckpt = CheckpointDir(source / "checkpoints")
+    best = ckpt.best()
+    if len(tasks) == 1 and tasks[0] in best:
+        weights = ckpt.root / best[tasks[0]]["weights"]
+    elif ckpt.last() is not None:
+        weights = ckpt.root / ckpt.last()["weights"]
+    else:
+        raise FileNotFoundError(f"model.init_from: {source} has no checkpoint")
+    state = load_file(str(weights))
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        raise ConfigError(f"model.init_from: {weights} does not fit this model "
+                          f"(missing {missing[:3]}, wrong shape {wrong[:3]})")
+    model.load_state_dict({k: state[k] for k in own})
+    log.info("initialised from %s", weights)
 
 
 def featurize(data: list[TaskData], tokenizer, max_len: int) -> list[TaskFeatures]:
@@ -89,7 +112,14 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
         save_encoder_files(encoder, tokenizer, out / "encoder")
         atomic_write_json(out / "data.json", data_summary(data, skipped))
         atomic_write_text(saved, dump_config(cfg))
-    trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id)
+    if cfg.model.init_from and not (out / "checkpoints" / "last.json").exists():
+        init_weights(model, Path(cfg.model.init_from), [d.name for d in data])
+    loss_fn = default_loss
+    if cfg.distill is not None:
+        from manytask.distill.teacher import TeacherLoss
+
+        loss_fn = TeacherLoss(cfg.distill, feats)
+    trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id, loss_fn=loss_fn)
     if resume:
         trainer.resume()
     if trainer.step >= trainer.total_steps and (out / "results.json").exists():

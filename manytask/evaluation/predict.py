@@ -55,9 +55,9 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
-            precision: str = "fp32") -> Predictions:
-    """Predictions in the order of ``feats``; batches are length-sorted to pad little."""
+def predict_logits(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Raw logits [n, outputs] in the order of ``feats``; batches are length-sorted to pad little."""
     was_training = model.training
     model.eval()
     order = np.argsort([-n for n in feats.lengths], kind="stable")
@@ -67,15 +67,20 @@ def predict(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: 
         batch = collate(feats, idx, pad_id)
         with autocast(precision):
             logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[spec.name])[spec.name]
-        logits = logits.float()
+        logits = logits.float().reshape(len(idx), -1)
         for row, i in enumerate(idx):
             outputs[i] = logits[row]
     model.train(was_training)
-    stacked = torch.stack(outputs)  # type: ignore[arg-type]
+    return torch.stack(outputs)  # type: ignore[arg-type]
+
+
+def predict(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
+            precision: str = "fp32") -> Predictions:
+    stacked = predict_logits(model, spec, feats, batch_size, pad_id, precision)
     if spec.kind == "classification":
         probs = torch.softmax(stacked, dim=-1).numpy()
         return Predictions(feats.ids, probs.argmax(-1), probs)
-    scores = np.array([spec.unscale(v) for v in torch.sigmoid(stacked).numpy()])
+    scores = np.array([spec.unscale(v) for v in torch.sigmoid(stacked[:, 0]).numpy()])
     return Predictions(feats.ids, scores, None)
 
 

@@ -1,4 +1,7 @@
-"""Per-task losses on gold labels: cross-entropy, or L2 between sigmoid output and the [0,1] label."""
+"""Per-task losses: on gold labels, and on BAM's mix of gold label and teacher prediction.
+
+Regression outputs are a sigmoid over labels scaled to [0, 1], so both losses are L2 there.
+"""
 
 from __future__ import annotations
 
@@ -13,3 +16,33 @@ def gold_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> tor
     if spec.kind == "classification":
         return F.cross_entropy(logits, labels.long())
     return F.mse_loss(torch.sigmoid(logits), labels.float())
+
+
+def mixed_target(spec: TaskSpec, labels: torch.Tensor, teacher_logits: torch.Tensor, lam: float,
+                 temperature: float = 1.0) -> torch.Tensor:
+    """lam * gold + (1 - lam) * teacher: a distribution over classes, or a score in [0, 1]."""
+    teacher_logits = teacher_logits.float()
+    if spec.kind == "classification":
+        gold = F.one_hot(labels.long(), num_classes=teacher_logits.shape[-1]).float()
+        return lam * gold + (1.0 - lam) * torch.softmax(teacher_logits / temperature, dim=-1)
+    teacher = torch.sigmoid(teacher_logits.reshape(labels.shape))
+    return lam * labels.float() + (1.0 - lam) * teacher
+
+
+def distill_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                 lam: float, temperature: float = 1.0) -> torch.Tensor:
+    """Cross-entropy against the mixed distribution (classification), or L2 against the mixed score."""
+    target = mixed_target(spec, labels, teacher_logits, lam, temperature)
+    logits = logits.float()
+    if spec.kind == "classification":
+        return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    return F.mse_loss(torch.sigmoid(logits), target)
+
+
+def teacher_annealing(progress: float, schedule: str = "linear", lam: float = 0.0) -> float:
+    """Weight of the gold label at ``progress`` in [0, 1]: rises linearly 0 -> 1, or stays ``lam``."""
+    if schedule == "linear":
+        return min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return lam
+    raise ValueError(f"unknown teacher-annealing schedule {schedule!r} (linear, constant)")

@@ -40,7 +40,11 @@ class TaskFeatures:
 
 
 class LossFn(Protocol):
-    """loss(spec, logits, batch, progress in [0, 1]) -> scalar; distillation plugs in here."""
+    """loss(spec, logits, batch, progress in [0, 1]) -> scalar; distillation plugs in here.
+
+    ``batch["index"]`` holds the examples' positions in the task's training features. A loss
+    may also offer ``log_state(progress) -> dict``, logged with the losses (BAM logs lambda).
+    """
 
     def __call__(self, spec: TaskSpec, logits: torch.Tensor, batch: dict, progress: float) -> torch.Tensor: ...
 
@@ -86,6 +90,9 @@ class Trainer:
             self.model, self.cfg.lr, self.cfg.layerwise_lr_decay, self.cfg.weight_decay,
             int(self.cfg.warmup * self.total_steps), self.total_steps,
         )
+        self.eval_every = self.cfg.eval_every
+        if self.cfg.evals:
+            self.eval_every = max(1, math.ceil(self.total_steps / self.cfg.evals))
         self.best: dict[str, dict] = {}
         self.step = 0
         self.train_seconds = 0.0
@@ -190,11 +197,12 @@ class Trainer:
             if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                 losses = {k: float(np.mean(v)) for k, v in running.items()}
                 bar.set_postfix(loss=f"{np.mean([l for v in running.values() for l in v]):.4f}")
+                extra = self.loss_fn.log_state((self.step - 1) / self.total_steps) if hasattr(self.loss_fn, "log_state") else {}
                 self._emit("log", {"loss": losses, "lr": self.scheduler.get_last_lr()[-1],
-                                   "examples_per_s": self.train_examples / max(self.train_seconds, 1e-9)})
+                                   "examples_per_s": self.train_examples / max(self.train_seconds, 1e-9), **extra})
                 running = {}
             at_end = self.step == self.total_steps
-            if (self.cfg.eval_every and self.step % self.cfg.eval_every == 0) or at_end:
+            if (self.eval_every and self.step % self.eval_every == 0) or at_end:
                 last_eval = self.evaluate()
                 improved = self._track_best(last_eval)
                 self._emit("eval", last_eval)

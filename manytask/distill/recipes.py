@@ -1,0 +1,137 @@
+"""A BAM study as configuration: shared data and model, the training settings per kind of run,
+and the recipes — each a student kind with an optional teacher or initialisation recipe.
+
+Recipes refer to each other by name, so Single→Multi→Single→Multi is three lines:
+``S→M`` learns from ``Single``, ``S→M→S`` from ``S→M``, ``S→M→S→M`` from ``S→M→S``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import ValidationError, field_validator, model_validator
+
+from manytask.config import ConfigError, ModelConfig, TaskEntry, TrainConfig, _first_error, apply_overrides
+from manytask.tasks import StrictModel
+
+
+class Recipe(StrictModel):
+    name: str
+    student: Literal["single", "multi", "finetune"]  # one model per task, one model for all, or per-task fine-tuning
+    teacher: Optional[str] = None  # recipe whose predictions the student learns from
+    init: Optional[str] = None  # finetune: recipe whose model is fine-tuned on each task
+    schedule: Literal["linear", "constant"] = "linear"  # teacher annealing, or a constant lambda
+    lam: float = 0.0
+    temperature: Optional[float] = None  # default: the study's distill.temperature
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.student == "finetune" and not self.init:
+            raise ValueError(f"recipe {self.name!r}: a finetune student needs 'init' (the recipe to fine-tune)")
+        if self.student != "finetune" and self.init:
+            raise ValueError(f"recipe {self.name!r}: 'init' is for finetune students only")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"recipe {self.name!r}: lam must be between 0 and 1")
+        return self
+
+    @property
+    def slug(self) -> str:
+        s = self.name.replace("→", "-to-").replace("+", "-plus-").replace("λ", "lambda")
+        return re.sub(r"[^A-Za-z0-9._-]+", "", s.replace(" ", "-")).strip("-").lower() or "recipe"
+
+
+class StudyDistill(StrictModel):
+    temperature: float = 1.0
+
+
+class StudyConfig(StrictModel):
+    name: str = "bam"
+    seeds: list[int] = [1, 2, 3]
+    data_seed: int = 0
+    glue_dir: Optional[str] = None
+    missing_glue: Literal["skip", "error"] = "skip"
+    tasks: list[TaskEntry]
+    model: ModelConfig = ModelConfig()
+    single: TrainConfig = TrainConfig()
+    multi: TrainConfig = TrainConfig(layerwise_lr_decay=0.9)
+    finetune: TrainConfig = TrainConfig(lr=1e-5, epochs=1)
+    distill: StudyDistill = StudyDistill()
+    recipes: list[Recipe]
+    baselines: list[str] = ["Single", "Multi"]  # each recipe is compared with these, paired by seed
+    trace: Optional[str] = None  # recipe whose dev score is followed over training (first seed), for the plot
+    trace_evals: int = 6
+
+    @field_validator("seeds")
+    @classmethod
+    def _some_seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("give one or more distinct seeds")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> "StudyConfig":
+        names = [r.name for r in self.recipes]
+        if len(set(names)) != len(names):
+            raise ValueError("recipe named twice")
+        slugs = [r.slug for r in self.recipes]
+        if len(set(slugs)) != len(slugs):
+            raise ValueError(f"recipe names map to the same directory: {slugs}")
+        for r in self.recipes:
+            for ref in (r.teacher, r.init):
+                if ref is not None and ref not in names:
+                    raise ValueError(f"recipe {r.name!r} refers to unknown recipe {ref!r} (known: {', '.join(names)})")
+        for ref in [*self.baselines, *([self.trace] if self.trace else [])]:
+            if ref not in names:
+                raise ValueError(f"{ref!r} is not a recipe (known: {', '.join(names)})")
+        order(self.recipes)  # raises on a cycle
+        return self
+
+    def recipe(self, name: str) -> Recipe:
+        return next(r for r in self.recipes if r.name == name)
+
+
+def order(recipes: list[Recipe]) -> list[Recipe]:
+    """Recipes in an order where every teacher and init comes first."""
+    by_name = {r.name: r for r in recipes}
+    done: list[Recipe] = []
+    visiting: set[str] = set()
+
+    def visit(r: Recipe) -> None:
+        if r in done:
+            return
+        if r.name in visiting:
+            raise ValueError(f"recipes refer to each other in a cycle through {r.name!r}")
+        visiting.add(r.name)
+        for ref in (r.teacher, r.init):
+            if ref:
+                visit(by_name[ref])
+        visiting.discard(r.name)
+        done.append(r)
+
+    for r in recipes:
+        visit(r)
+    return done
+
+
+def load_study(path: Union[str, Path], overrides: Optional[list[str]] = None) -> StudyConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"study config not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return StudyConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{p}: {_first_error(e)}") from None
+
+
+def dump_study(cfg: StudyConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True)

