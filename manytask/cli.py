@@ -1,4 +1,4 @@
-"""The ``manytask`` command: train, eval, predict, submit, tasks, targets, bam, report."""
+"""The ``manytask`` command: train, eval, predict, submit, tasks, targets, bam, report, flex, bundle, serve."""
 
 from __future__ import annotations
 
@@ -238,6 +238,130 @@ def report(run_dir: Path = typer.Argument(..., help="a study directory made by `
         return
     typer.echo(rep["markdown"])
     typer.echo(f"report: {run_dir / 'report.md'}, " + ", ".join(rep["plots"]))
+
+
+@app.command()
+def flex(
+    config: Path = typer.Option(..., "--config", "-c", help="flex YAML (tasks, search, compression, mixed delta)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: runs/<name>)"),
+    set_: list[str] = typer.Option([], "--set", help="override a key: --set mixed.delta=1.0"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Partial fine-tuning (search k), branch compression, mixed selection; writes OUT/bundle and a report."""
+    _setup(glue_dir)
+    from manytask.config import ConfigError
+    from manytask.data.loading import MissingData
+    from manytask.data.readers import DataError
+    from manytask.flex.config import load_flex
+    from manytask.flex.pipeline import run_flex
+    from manytask.report.flex import write_report
+    from manytask.serving.bundle import BundleError
+
+    try:
+        cfg = load_flex(config, set_)
+        out = out or Path("runs") / cfg.name
+        result = run_flex(cfg, out)
+        rep = write_report(out, cfg.mixed.delta)
+    except (ConfigError, DataError, MissingData, BundleError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo(rep["markdown"])
+    for s in result["skipped"]:
+        typer.echo(f"note: {s}")
+    typer.echo(f"bundle: {result['bundle']} ({cfg.bundle}); report: {out / 'report.md'}, {out / 'flex.png'}")
+
+
+bundle_app = typer.Typer(no_args_is_help=True, help="Change one task of a bundle; the others stay byte-identical.")
+app.add_typer(bundle_app, name="bundle")
+
+
+def _bundle_op(path: Path, op) -> None:
+    from manytask.serving.bundle import Bundle, BundleError
+
+    try:
+        op(Bundle(path))
+    except (BundleError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+@bundle_app.command("list")
+def bundle_list(bundle: Path = typer.Argument(...)) -> None:
+    """Tasks of a bundle with their split depth and branch layers."""
+    def show(b):
+        m = b.manifest
+        typer.echo(f"trunk {m['trunk']['sha256'][:12]}… ({m['trunk']['num_layers']} layers, {m['trunk']['pooling']} pooling)")
+        for name, t in sorted(m["tasks"].items()):
+            typer.echo(f"  {name:10s} {t['kind']:14s} split {t['split_depth']}, {t['layers']} layer(s)  {t['dir']}")
+    _bundle_op(bundle, show)
+
+
+def _put(bundle: Path, source: Path, task: Optional[str], replace: Optional[bool]) -> None:
+    from manytask.serving.bundle import load_package
+
+    def op(b):
+        pkg = load_package(source, task)
+        entry = b.put(pkg, replace=replace)
+        typer.echo(f"{pkg.spec.name}: {entry['dir']} (split {entry['split_depth']}, {entry['layers']} layer(s))")
+    _bundle_op(bundle, op)
+
+
+@bundle_app.command("add")
+def bundle_add(bundle: Path = typer.Argument(...),
+               source: Path = typer.Option(..., "--from", help="a run directory, or a task package directory"),
+               task: Optional[str] = typer.Option(None, "--task", help="which task of the run")) -> None:
+    """Add a task that the bundle does not have yet."""
+    _put(bundle, source, task, False)
+
+
+@bundle_app.command("update")
+def bundle_update(bundle: Path = typer.Argument(...),
+                  source: Path = typer.Option(..., "--from", help="a run directory, or a task package directory"),
+                  task: Optional[str] = typer.Option(None, "--task", help="which task of the run")) -> None:
+    """Replace one task's branch and head."""
+    _put(bundle, source, task, True)
+
+
+@bundle_app.command("remove")
+def bundle_remove(bundle: Path = typer.Argument(...), task: str = typer.Argument(...)) -> None:
+    """Remove one task."""
+    _bundle_op(bundle, lambda b: (b.remove(task), typer.echo(f"removed {task}")))
+
+
+@app.command()
+def serve(
+    bundle: Path = typer.Argument(..., help="bundle directory (from `manytask flex`)"),
+    host: str = typer.Option("127.0.0.1", help="interface; loopback unless you mean otherwise"),
+    port: int = typer.Option(8000),
+    max_batch: int = typer.Option(32, help="inputs per forward pass"),
+    max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
+    max_inputs: int = typer.Option(64, help="inputs per request"),
+    admin_token_file: Optional[Path] = typer.Option(None, help="file holding the admin bearer token "
+                                                    "(else $MANYTASK_ADMIN_TOKEN; without one, admin calls are refused)"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
+) -> None:
+    """Serve a bundle over HTTP: /v1/predict, /v1/tasks, /healthz, /metrics, admin PUT/DELETE /v1/tasks/{name}."""
+    _setup(None)
+    import torch
+    import uvicorn
+
+    from manytask.serving.app import Limits, create_app
+    from manytask.serving.bundle import Bundle, BundleError
+    from manytask.serving.predictor import MergedPredictor
+
+    if threads:
+        torch.set_num_threads(threads)
+    token = os.environ.get("MANYTASK_ADMIN_TOKEN")
+    if admin_token_file is not None:
+        if not admin_token_file.is_file():
+            _fail(f"admin token file not found: {admin_token_file}")
+        token = admin_token_file.read_text().strip()
+    try:
+        predictor = MergedPredictor(Bundle(bundle))
+    except (BundleError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    limits = Limits(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    uvicorn.run(create_app(predictor, limits, token), host=host, port=port, log_level="warning")
 
 
 def main() -> None:  # console-script entry point

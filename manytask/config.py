@@ -42,6 +42,7 @@ class TaskEntry(StrictModel):
     max_eval: Optional[int] = None
     resplit: Optional[Resplit] = None
     branch_layers: int = 0  # k: top encoder layers owned by this task (0 = head on the shared encoder)
+    split_depth: Optional[int] = None  # where the branch starts (default L - k; less for a compressed branch)
     loss_weight: float = 1.0
     # user-task fields (a subset of TaskSpec, plus file shorthands)
     kind: Optional[Literal["classification", "regression"]] = None
@@ -146,6 +147,7 @@ class DistillConfig(StrictModel):
     schedule: Literal["linear", "constant"] = "linear"
     lam: float = 0.0  # constant schedule only
     temperature: float = 1.0  # softmax(teacher_logits / T)
+    style: Literal["bam", "hinton"] = "bam"  # bam: CE to the mixed target; hinton: lam * gold + (1 - lam) * T^2 * KL
 
     @field_validator("lam")
     @classmethod

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: RunConfig, specs, encoder) -> MultiTaskModel:
     model = MultiTaskModel(
-        encoder, specs, {t.name: t.branch_layers for t in cfg.tasks}, pooling=cfg.model.pooling, dropout=cfg.model.dropout
+        encoder, specs, {t.name: t.branch_layers for t in cfg.tasks}, pooling=cfg.model.pooling, dropout=cfg.model.dropout,
+        split_depth={t.name: t.split_depth for t in cfg.tasks if t.split_depth is not None},
     )
     if cfg.model.freeze_trunk:
         model.freeze_trunk()

@@ -16,7 +16,7 @@ from manytask.data.loading import load_tasks
 from manytask.distill.store import TargetError, TeacherTargets, targets_path
 from manytask.evaluation.predict import predict_logits
 from manytask.tasks import TaskSpec
-from manytask.training.losses import distill_loss, teacher_annealing
+from manytask.training.losses import distill_loss, hinton_loss, teacher_annealing
 from manytask.training.trainer import TaskFeatures
 
 log = logging.getLogger(__name__)
@@ -72,4 +72,5 @@ class TeacherLoss:
 
     def __call__(self, spec: TaskSpec, logits: torch.Tensor, batch: dict, progress: float) -> torch.Tensor:
         teacher = self.teacher[spec.name][batch["index"]]
-        return distill_loss(spec, logits, batch["labels"], teacher, self.lam(progress), self.cfg.temperature)
+        loss = hinton_loss if self.cfg.style == "hinton" else distill_loss
+        return loss(spec, logits, batch["labels"], teacher, self.lam(progress), self.cfg.temperature)

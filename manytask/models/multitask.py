@@ -28,6 +28,7 @@ class MultiTaskModel(nn.Module):
         branch_layers: Optional[dict[str, int]] = None,
         pooling: str = "cls",
         dropout: float = 0.1,
+        split_depth: Optional[dict[str, int]] = None,
     ):
         super().__init__()
         if not (hasattr(encoder, "embeddings") and hasattr(encoder, "encoder") and hasattr(encoder.encoder, "layer")):
@@ -45,12 +46,42 @@ class MultiTaskModel(nn.Module):
         self.split_depth: dict[str, int] = {}
         for t in tasks:
             k = (branch_layers or {}).get(t.name, 0)
-            if not 0 <= k <= self.num_layers:
-                raise ValueError(f"task {t.name!r}: branch_layers {k} outside 0..{self.num_layers}")
-            self.split_depth[t.name] = self.num_layers - k
-            if k:
-                layers = self.encoder.encoder.layer[self.num_layers - k:]
-                self.branches[t.name] = nn.ModuleList(copy.deepcopy(layer) for layer in layers)
+            self.add_branch(t.name, k, (split_depth or {}).get(t.name, self.num_layers - k))
+
+    def add_branch(self, task: str, layers: int, split: int) -> None:
+        """Give ``task`` copies of encoder layers split..split+layers-1, run on the trunk's output at ``split``.
+
+        A compressed branch has fewer layers than L - split: it starts from the same frozen
+        trunk output and keeps the teacher branch's bottom layers.
+        """
+        if not 0 <= layers <= self.num_layers or not 0 <= split <= self.num_layers - layers:
+            raise ValueError(f"task {task!r}: branch of {layers} layers from split depth {split} "
+                             f"does not fit a {self.num_layers}-layer encoder")
+        self.split_depth[task] = split
+        if task in self.branches:
+            del self.branches[task]
+        if layers:
+            source = self.encoder.encoder.layer[split: split + layers]
+            self.branches[task] = nn.ModuleList(copy.deepcopy(layer) for layer in source)
+
+    def share(self, tasks: Iterable[str]) -> "MultiTaskModel":
+        """A new model over the same trunk and the same task modules (no copies): a serving snapshot."""
+        view = MultiTaskModel(self.encoder, [], pooling=self.pooling)
+        for n in tasks:
+            view.specs[n] = self.specs[n]
+            view.heads[n] = self.heads[n]
+            view.split_depth[n] = self.split_depth[n]
+            if n in self.branches:
+                view.branches[n] = self.branches[n]
+        return view.train(self.training)
+
+    def branch_size(self, task: str) -> int:
+        return len(self.branches[task]) if task in self.branches else 0
+
+    def layers_run(self, tasks: Optional[Iterable[str]] = None) -> int:
+        """Transformer layers one input goes through for these tasks: the shared trunk once, then each branch."""
+        names = list(tasks) if tasks is not None else self.task_names
+        return max(self.split_depth[n] for n in names) + sum(self.branch_size(n) for n in names)
 
     @property
     def task_names(self) -> list[str]:

@@ -39,6 +39,22 @@ def distill_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor, tea
     return F.mse_loss(torch.sigmoid(logits), target)
 
 
+def hinton_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                lam: float, temperature: float = 2.0) -> torch.Tensor:
+    """Hinton et al. (2015): lam * gold loss + (1 - lam) * T^2 * KL(teacher_T || student_T).
+
+    Regression has no temperature: the distillation term is L2 to the teacher's score.
+    """
+    gold = gold_loss(spec, logits, labels)
+    logits, teacher_logits = logits.float(), teacher_logits.float()
+    if spec.kind == "classification":
+        soft = F.kl_div(F.log_softmax(logits / temperature, dim=-1), F.log_softmax(teacher_logits / temperature, dim=-1),
+                        reduction="batchmean", log_target=True) * temperature ** 2
+    else:
+        soft = F.mse_loss(torch.sigmoid(logits), torch.sigmoid(teacher_logits.reshape(logits.shape)))
+    return lam * gold + (1.0 - lam) * soft
+
+
 def teacher_annealing(progress: float, schedule: str = "linear", lam: float = 0.0) -> float:
     """Weight of the gold label at ``progress`` in [0, 1]: rises linearly 0 -> 1, or stays ``lam``."""
     if schedule == "linear":

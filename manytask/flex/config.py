@@ -1,0 +1,93 @@
+"""The flexible multi-task pipeline (Wei et al., 2022) as configuration.
+
+Per task: full fine-tuning (the baseline), partial fine-tuning of the top k layers over the frozen
+trunk for each k searched, compression of the deepest searched branch into fewer layers by
+distillation, and "mixed" selection; then one bundle of the selected branches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import ValidationError, field_validator, model_validator
+
+from manytask.config import ConfigError, ModelConfig, TaskEntry, TrainConfig, _first_error, apply_overrides
+from manytask.tasks import StrictModel
+
+
+class SearchConfig(StrictModel):
+    ks: list[int] = [1, 2, 3]  # top layers fine-tuned over the frozen trunk
+    per_task: dict[str, list[int]] = {}
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("give one or more layer counts, each at least 1")
+        return sorted(set(v))
+
+    def for_task(self, task: str) -> list[int]:
+        return sorted(set(self.per_task.get(task, self.ks)))
+
+
+class CompressConfig(StrictModel):
+    """Distil the deepest searched branch (K layers) into each of ``to`` (< K) layers, initialised
+    from the teacher branch's bottom layers, on the teacher's split depth."""
+
+    to: list[int] = [1, 2]
+    temperature: float = 2.0
+    schedule: Literal["constant", "linear"] = "constant"  # linear = teacher annealing (BAM), an option
+    lam: float = 0.5  # weight of the gold loss when constant
+    train: Optional[TrainConfig] = None  # default: the partial fine-tuning settings
+
+
+class MixedConfig(StrictModel):
+    delta: float = 0.5  # points of dev score a further task layer must add to be kept
+
+
+class FlexConfig(StrictModel):
+    name: str = "flex"
+    seed: int = 1
+    data_seed: int = 0
+    glue_dir: Optional[str] = None
+    missing_glue: Literal["skip", "error"] = "skip"
+    tasks: list[TaskEntry]
+    model: ModelConfig = ModelConfig()
+    full: Optional[TrainConfig] = TrainConfig()  # the full fine-tuning baseline; null to skip it
+    partial: TrainConfig = TrainConfig(lr=1e-4)
+    search: SearchConfig = SearchConfig()
+    compress: CompressConfig = CompressConfig()
+    mixed: MixedConfig = MixedConfig()
+    bundle: str = "mixed"  # which selection the bundle holds: mixed, partial (best k), or kd-N
+
+    @model_validator(mode="after")
+    def _check(self) -> "FlexConfig":
+        unknown = set(self.search.per_task) - {t.name for t in self.tasks}
+        if unknown:
+            raise ValueError(f"search.per_task names unknown task(s): {', '.join(sorted(unknown))}")
+        if self.bundle not in ("mixed", "partial") and not (
+                self.bundle.startswith("kd-") and self.bundle[3:].isdigit() and int(self.bundle[3:]) in self.compress.to):
+            raise ValueError(f"bundle: {self.bundle!r} is not mixed, partial, or kd-N with N in compress.to")
+        return self
+
+
+def load_flex(path: Union[str, Path], overrides: Optional[list[str]] = None) -> FlexConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"flex config not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    try:
+        return FlexConfig.model_validate(apply_overrides(data, overrides or []))
+    except ValidationError as e:
+        raise ConfigError(f"{p}: {_first_error(e)}") from None
+
+
+def dump_flex(cfg: FlexConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,130 @@
+"""Run the flexible multi-task pipeline: per task, full and partial fine-tuning, branch compression,
+selection; then one bundle. Every run is an ordinary run directory, reused when finished.
+
+    OUT/flex.yaml, OUT/<task>/{full, partial-k<K>, kd-<n>}/, OUT/<task>/partial-k<K>/targets/,
+    OUT/selection.json, OUT/bundle/
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+from transformers import AutoConfig
+
+from manytask.config import ConfigError, DistillConfig, ModelConfig, RunConfig, TaskEntry, TrainConfig
+from manytask.data.loading import load_tasks
+from manytask.distill.teacher import write_targets
+from manytask.flex.config import FlexConfig, dump_flex, load_flex
+from manytask.models.encoder import resolve_encoder
+from manytask.runs import Run, train_run
+from manytask.serving.bundle import Bundle, package_from_run
+from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def encoder_layers(model: ModelConfig) -> int:
+    if model.random_init is not None:
+        return model.random_init.num_layers
+    return AutoConfig.from_pretrained(resolve_encoder(model.encoder)).num_hidden_layers
+
+
+class FlexPipeline:
+    def __init__(self, cfg: FlexConfig, out: Path):
+        self.cfg, self.out = cfg, Path(out)
+        self.L = encoder_layers(cfg.model)
+        for t in cfg.tasks:
+            bad = [k for k in cfg.search.for_task(t.name) if k > self.L]
+            if bad:
+                raise ConfigError(f"search: task {t.name!r} asks for {bad} layers; the encoder has {self.L}")
+
+    def _run(self, entry: TaskEntry, path: Path, train: TrainConfig, freeze: bool, layers: int,
+             split: Optional[int] = None, init: Optional[Path] = None, distill: Optional[DistillConfig] = None) -> dict:
+        c = self.cfg
+        task = entry.model_copy(update={"branch_layers": layers, "split_depth": split})
+        model = c.model.model_copy(update={"freeze_trunk": freeze, "init_from": str(init.resolve()) if init else None})
+        cfg = RunConfig(seed=c.seed, data_seed=c.data_seed, glue_dir=c.glue_dir, missing_glue="error", tasks=[task],
+                        model=model, train=train.model_copy(deep=True), distill=distill)
+        summary = train_run(cfg, path, resume=(path / "config.yaml").exists())
+        best = summary["best"][entry.name]
+        return {"run": str(path.relative_to(self.out)), "score": best["score"], "layers": layers,
+                "split_depth": (self.L - layers) if split is None else split}
+
+    def run_task(self, entry: TaskEntry) -> dict:
+        c, name = self.cfg, entry.name
+        base = self.out / name
+        variants: dict[str, dict] = {}
+        if c.full is not None:
+            variants["full"] = self._run(entry, base / "full", c.full, freeze=False, layers=0)
+            variants["full"].update(layers=self.L, split_depth=0)  # all L layers are the task's own
+        ks = c.search.for_task(name)
+        for k in ks:
+            variants[f"partial-{k}"] = self._run(entry, base / f"partial-k{k}", c.partial, freeze=True, layers=k)
+        K = max(ks)
+        teacher = base / f"partial-k{K}"
+        store = teacher / "targets"
+        if not (store / f"{name}.safetensors").exists():
+            write_targets(teacher, store, "best", {"role": "branch teacher", "layers": K})
+        comp = c.compress
+        for n in sorted(n for n in comp.to if n < K):
+            distill = DistillConfig(targets=str(store.resolve()), schedule=comp.schedule, lam=comp.lam,
+                                    temperature=comp.temperature, style="hinton")
+            variants[f"kd-{n}"] = self._run(entry, base / f"kd-{n}", comp.train or c.partial, freeze=True, layers=n,
+                                            split=self.L - K, init=teacher, distill=distill)
+        partial = {k: v for k, v in variants.items() if k.startswith("partial-")}
+        wo_kd = max(partial, key=lambda k: (partial[k]["score"], -partial[k]["layers"]))
+        ladder = [f"kd-{n}" for n in sorted(n for n in comp.to if n < K)] + [f"partial-{K}"]
+        mixed = ladder[0]
+        for nxt in ladder[1:]:
+            if 100 * (variants[nxt]["score"] - variants[mixed]["score"]) >= c.mixed.delta:
+                mixed = nxt
+            else:
+                break
+        return {"variants": variants, "selected": {"partial": wo_kd, "mixed": mixed,
+                                                   **{f"kd-{n}": f"kd-{n}" for n in comp.to if n < K}}}
+
+    def present(self) -> list[TaskEntry]:
+        c = self.cfg
+        probe = RunConfig(seed=c.seed, data_seed=c.data_seed, glue_dir=c.glue_dir, missing_glue=c.missing_glue,
+                          tasks=c.tasks, model=c.model)
+        data, self.skipped = load_tasks(probe, with_train=False)
+        names = {d.name for d in data}
+        return [t for t in c.tasks if t.name in names]
+
+    def build_bundle(self, selection: dict) -> Path:
+        root = self.out / "bundle"
+        choice = self.cfg.bundle
+        first = next(iter(selection.values()))
+        if not (root / "manifest.json").exists():
+            source = Run.open(self.out / first["variants"][first["selected"][choice]]["run"])
+            trunk = source.model_for().share([])
+            Bundle.create(root, trunk, source.tokenizer(), self.cfg.model.max_seq_length)
+        bundle = Bundle(root)
+        for task, sel in selection.items():
+            variant = sel["variants"][sel["selected"][choice]]
+            bundle.put(package_from_run(self.out / variant["run"], task))
+        return root
+
+    def run(self) -> dict:
+        selection = {}
+        for entry in self.present():
+            selection[entry.name] = self.run_task(entry)
+            atomic_write_json(self.out / "selection.json", {"encoder_layers": self.L, "tasks": selection,
+                                                            "skipped": self.skipped})
+        bundle = self.build_bundle(selection)
+        return {"encoder_layers": self.L, "tasks": selection, "skipped": self.skipped, "bundle": str(bundle)}
+
+
+def run_flex(cfg: FlexConfig, out: Path) -> dict:
+    out = Path(out)
+    saved = out / "flex.yaml"
+    if saved.exists() and dump_flex(load_flex(saved)) != dump_flex(cfg):
+        raise ConfigError(f"{out} holds a flex run with other settings ({saved}); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, dump_flex(cfg))
+    result = FlexPipeline(cfg, out).run()
+    atomic_write_json(out / "selection.json", result)
+    return result

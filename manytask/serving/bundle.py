@@ -1,0 +1,302 @@
+"""A bundle: one frozen trunk stored once, plus one directory per task (branch layers, head, spec, metrics).
+
+    BUNDLE/manifest.json            format, trunk hash and sizes, task -> directory and file hashes
+    BUNDLE/trunk/                   encoder config, tokenizer, trunk.safetensors
+    BUNDLE/tasks/<name>@<hash>/     task.safetensors (branch.* and head.*), task.json
+
+Changing a task writes a new task directory, then replaces the manifest atomically, then deletes
+the old directory: an interrupted change leaves the previous bundle whole, and the other tasks'
+files are never touched. A task records the trunk hash it was trained on; one that differs from
+the bundle's trunk is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from manytask.models.multitask import MultiTaskModel
+from manytask.tasks import TaskSpec
+from manytask.training.checkpoint import atomic_write, atomic_write_json
+
+FORMAT = "manytask-bundle/1"
+TASK_FORMAT = "manytask-task/1"
+
+
+class BundleError(ValueError):
+    """A bundle or task package that cannot be used; the message names the task and the file."""
+
+
+def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """Content hash of named tensors (names, dtypes, shapes, values), independent of file layout."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def trunk_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.startswith("encoder.")}
+
+
+# ---- task packages ------------------------------------------------------------------------------------
+@dataclass
+class TaskPackage:
+    """One task's own files: what a bundle adds, updates, or serves."""
+
+    spec: TaskSpec
+    split_depth: int
+    layers: int
+    pooling: str
+    trunk_sha256: str
+    tensors: dict[str, torch.Tensor]  # branch.<i>.* and head.*
+    info: dict  # dev metrics, source run, how it was made
+
+    @classmethod
+    def from_model(cls, model: MultiTaskModel, task: str, info: Optional[dict] = None) -> "TaskPackage":
+        state = model.state_dict()
+        tensors = {}
+        for k, v in state.items():
+            for prefix, new in ((f"branches.{task}.", "branch."), (f"heads.{task}.", "head.")):
+                if k.startswith(prefix):
+                    tensors[new + k[len(prefix):]] = v.detach().clone().contiguous()
+        return cls(model.specs[task], model.split_depth[task], model.branch_size(task), model.pooling,
+                   tensors_hash(trunk_tensors(state)), tensors, info or {})
+
+    def write(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.tensors, str(directory / "task.safetensors"))
+        meta = {"format": TASK_FORMAT, "spec": self.spec.model_dump(mode="json", exclude_none=True),
+                "split_depth": self.split_depth, "layers": self.layers, "pooling": self.pooling,
+                "trunk_sha256": self.trunk_sha256, "info": self.info}
+        (directory / "task.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def read(cls, directory: Path) -> "TaskPackage":
+        directory = Path(directory)
+        meta_path = directory / "task.json"
+        if not meta_path.is_file() or not (directory / "task.safetensors").is_file():
+            raise BundleError(f"{directory}: not a task package (needs task.json and task.safetensors)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != TASK_FORMAT:
+            raise BundleError(f"{meta_path}: format {meta.get('format')!r}, expected {TASK_FORMAT}")
+        return cls(TaskSpec.model_validate(meta["spec"]), meta["split_depth"], meta["layers"], meta["pooling"],
+                   meta["trunk_sha256"], load_file(str(directory / "task.safetensors")), meta.get("info", {}))
+
+    def attach(self, model: MultiTaskModel) -> None:
+        """Add this task (branch and head) to a model that has the same trunk."""
+        from manytask.models.heads import make_head
+
+        if self.pooling != model.pooling:
+            raise BundleError(f"task {self.spec.name!r} pools with {self.pooling!r}, the bundle with {model.pooling!r}")
+        model.specs[self.spec.name] = self.spec
+        model.add_branch(self.spec.name, self.layers, self.split_depth)
+        model.heads[self.spec.name] = make_head(self.spec.kind, model.hidden_size, self.spec.num_outputs, 0.0)
+        own = {f"branches.{self.spec.name}.{k[len('branch.'):]}": v for k, v in self.tensors.items() if k.startswith("branch.")}
+        own.update({f"heads.{self.spec.name}.{k[len('head.'):]}": v for k, v in self.tensors.items() if k.startswith("head.")})
+        expected = {k for k in model.state_dict() if k.startswith((f"branches.{self.spec.name}.", f"heads.{self.spec.name}."))}
+        if set(own) != expected:
+            raise BundleError(f"task {self.spec.name!r}: package tensors do not match a {self.layers}-layer branch "
+                              f"(missing {sorted(expected - set(own))[:3]}, unexpected {sorted(set(own) - expected)[:3]})")
+        model.load_state_dict(own, strict=False)
+
+
+def package_from_run(run_dir: Path, task: str, which: str = "best") -> TaskPackage:
+    """Cut one task out of a trained run (its best checkpoint for that task)."""
+    from manytask.runs import Run
+
+    run = Run.open(run_dir)
+    if task not in {s.name for s in run.specs()}:
+        raise BundleError(f"{run_dir}: the run has no task {task!r} (has: {', '.join(s.name for s in run.specs())})")
+    model = run.model_for(task, which)
+    results = json.loads((Path(run_dir) / "results.json").read_text()) if (Path(run_dir) / "results.json").exists() else {}
+    best = results.get("best", {}).get(task, {})
+    info = {"run": str(Path(run_dir).resolve()), "checkpoint": which, "dev_primary": best.get("score"),
+            "max_seq_length": run.cfg.model.max_seq_length}
+    return TaskPackage.from_model(model, task, info)
+
+
+def load_package(source: Path, task: Optional[str] = None) -> TaskPackage:
+    """A task package directory, or a run directory (then ``task`` names which of its tasks)."""
+    source = Path(source)
+    if (source / "task.json").exists():
+        pkg = TaskPackage.read(source)
+        if task and pkg.spec.name != task:
+            raise BundleError(f"{source}: package is for task {pkg.spec.name!r}, not {task!r}")
+        return pkg
+    if (source / "config.yaml").exists():
+        if task is None:
+            raise BundleError(f"{source} is a run: name the task to take from it")
+        return package_from_run(source, task)
+    raise BundleError(f"{source}: neither a task package (task.json) nor a run (config.yaml)")
+
+
+# ---- the bundle ---------------------------------------------------------------------------------------------
+class Bundle:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        if not (self.root / "manifest.json").is_file():
+            raise BundleError(f"{self.root} is not a bundle (no manifest.json)")
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.root / "manifest.json").read_text())
+
+    @property
+    def trunk_sha256(self) -> str:
+        return self.manifest["trunk"]["sha256"]
+
+    def task_names(self) -> list[str]:
+        return sorted(self.manifest["tasks"])
+
+    @classmethod
+    def create(cls, root: Path, model: MultiTaskModel, tokenizer, max_seq_length: int) -> "Bundle":
+        """A bundle holding ``model``'s trunk and no task yet."""
+        root = Path(root)
+        if (root / "manifest.json").exists():
+            raise BundleError(f"{root} already holds a bundle")
+        trunk = trunk_tensors(model.state_dict())
+        (root / "trunk").mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(str(root / "trunk"))
+        tokenizer.save_pretrained(str(root / "trunk"))
+        atomic_write(root / "trunk" / "trunk.safetensors",
+                     lambda tmp: save_file({k: v.contiguous() for k, v in trunk.items()}, tmp))
+        (root / "tasks").mkdir(exist_ok=True)
+        atomic_write_json(root / "manifest.json", {
+            "format": FORMAT,
+            "trunk": {"sha256": tensors_hash(trunk), "num_layers": model.num_layers, "hidden_size": model.hidden_size,
+                      "pooling": model.pooling, "max_seq_length": max_seq_length},
+            "tasks": {},
+        })
+        return cls(root)
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        with open(self.root / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def put(self, pkg: TaskPackage, replace: Optional[bool] = None) -> dict:
+        """Add (replace=False), update (True) or either (None) one task; the others are not touched."""
+        name = pkg.spec.name
+        if pkg.trunk_sha256 != self.trunk_sha256:
+            raise BundleError(f"task {name!r} was trained on trunk {pkg.trunk_sha256[:12]}…, this bundle's trunk is "
+                              f"{self.trunk_sha256[:12]}… — it needs the same frozen encoder weights")
+        manifest = self.manifest
+        if pkg.pooling != manifest["trunk"]["pooling"]:
+            raise BundleError(f"task {name!r} pools with {pkg.pooling!r}, the bundle with {manifest['trunk']['pooling']!r}")
+        if pkg.split_depth + pkg.layers > manifest["trunk"]["num_layers"]:
+            raise BundleError(f"task {name!r}: branch ends at layer {pkg.split_depth + pkg.layers}, "
+                              f"the trunk has {manifest['trunk']['num_layers']}")
+        with self._lock():
+            manifest = self.manifest
+            exists = name in manifest["tasks"]
+            if replace is False and exists:
+                raise BundleError(f"task {name!r} is already in the bundle: use update")
+            if replace is True and not exists:
+                raise BundleError(f"task {name!r} is not in the bundle: use add")
+            staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.root / "tasks"))
+            try:
+                pkg.write(staging)
+                files = {f: file_hash(staging / f) for f in ("task.safetensors", "task.json")}
+                digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+                final = self.root / "tasks" / f"{name}@{digest[:12]}"
+                if final.exists():
+                    shutil.rmtree(staging)
+                else:
+                    for f in staging.iterdir():
+                        with open(f, "rb") as fh:
+                            os.fsync(fh.fileno())
+                    os.replace(staging, final)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            old = manifest["tasks"].get(name, {}).get("dir")
+            manifest["tasks"][name] = {"dir": f"tasks/{final.name}", "files": files, "split_depth": pkg.split_depth,
+                                       "layers": pkg.layers, "kind": pkg.spec.kind, "labels": pkg.spec.labels}
+            atomic_write_json(self.root / "manifest.json", manifest)
+            if old and old != f"tasks/{final.name}":
+                shutil.rmtree(self.root / old, ignore_errors=True)
+            self._collect_garbage(manifest)
+        return manifest["tasks"][name]
+
+    def remove(self, name: str) -> None:
+        with self._lock():
+            manifest = self.manifest
+            if name not in manifest["tasks"]:
+                raise BundleError(f"task {name!r} is not in the bundle (has: {', '.join(sorted(manifest['tasks'])) or 'none'})")
+            old = manifest["tasks"].pop(name)["dir"]
+            atomic_write_json(self.root / "manifest.json", manifest)
+            shutil.rmtree(self.root / old, ignore_errors=True)
+
+    def _collect_garbage(self, manifest: dict) -> None:
+        """Delete task directories no manifest entry points to (left by an interrupted change)."""
+        live = {Path(t["dir"]).name for t in manifest["tasks"].values()}
+        for d in (self.root / "tasks").iterdir():
+            if d.is_dir() and d.name not in live and (d.name.startswith(".staging-") or "@" in d.name):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def package(self, name: str) -> TaskPackage:
+        entry = self.manifest["tasks"].get(name)
+        if entry is None:
+            raise BundleError(f"task {name!r} is not in the bundle")
+        d = self.root / entry["dir"]
+        for f, h in entry["files"].items():
+            if file_hash(d / f) != h:
+                raise BundleError(f"{d / f}: content hash differs from the manifest — the bundle is damaged")
+        pkg = TaskPackage.read(d)
+        if pkg.trunk_sha256 != self.trunk_sha256:
+            raise BundleError(f"task {name!r} records trunk {pkg.trunk_sha256[:12]}…, the bundle's trunk is "
+                              f"{self.trunk_sha256[:12]}…: refusing to serve it")
+        return pkg
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.root / "trunk"))
+
+    def trunk_model(self) -> MultiTaskModel:
+        """The trunk with no task: the base every snapshot of the merged model attaches tasks to."""
+        from transformers import AutoConfig, AutoModel
+
+        manifest = self.manifest
+        config = AutoConfig.from_pretrained(str(self.root / "trunk"))
+        encoder = AutoModel.from_config(config, add_pooling_layer=False)
+        model = MultiTaskModel(encoder, [], pooling=manifest["trunk"]["pooling"], dropout=0.0)
+        state = load_file(str(self.root / "trunk" / "trunk.safetensors"))
+        if tensors_hash(state) != manifest["trunk"]["sha256"]:
+            raise BundleError(f"{self.root / 'trunk' / 'trunk.safetensors'}: content hash differs from the manifest")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(k.startswith("encoder.") for k in missing):
+            raise BundleError(f"{self.root}: trunk weights do not fit the trunk config")
+        return model.eval()
+
+    def merged_model(self, tasks: Optional[list[str]] = None) -> MultiTaskModel:
+        model = self.trunk_model()
+        for name in tasks or self.task_names():
+            self.package(name).attach(model)
+        return model.eval()

@@ -1,0 +1,121 @@
+"""What the server calls: tokenise a batch, run the model for some tasks, turn logits into answers.
+
+``MergedPredictor`` serves a bundle: the trunk runs once per batch, then only the branches asked
+for. Tasks are changed by building a new snapshot (sharing every module) and swapping one
+reference, so a batch sees either the old or the new task set, never a mix.
+``SeparatePredictor`` serves one full model per task, the baseline the merged bundle is measured against.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from manytask.models.multitask import MultiTaskModel
+from manytask.serving.bundle import Bundle, TaskPackage
+from manytask.tasks import TaskSpec
+
+
+def tokenize(tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]], max_length: int) -> dict:
+    enc = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True, max_length=max_length,
+                    padding=True, return_tensors="pt", return_token_type_ids=True)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_type_ids": enc["token_type_ids"]}
+
+
+def answer(spec: TaskSpec, logits: torch.Tensor) -> list[dict]:
+    """Per input: label and probabilities (classification), or the score on the task's own range."""
+    logits = logits.float()
+    if spec.kind == "classification":
+        probs = torch.softmax(logits, dim=-1).tolist()
+        return [{"label": spec.labels[max(range(len(p)), key=p.__getitem__)],  # type: ignore[index]
+                 "probs": dict(zip(spec.labels, p))} for p in probs]  # type: ignore[arg-type]
+    return [{"score": spec.unscale(v)} for v in torch.sigmoid(logits.reshape(-1)).tolist()]
+
+
+class Predictor:
+    tokenizer = None
+    max_length: int = 128
+
+    def snapshot(self):
+        """The current model version; a request is validated against it and run with it."""
+        return None
+
+    def specs(self, snapshot=None) -> dict[str, TaskSpec]:
+        raise NotImplementedError
+
+    def logits(self, batch: dict, tasks: list[str], snapshot=None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def layers_run(self, tasks: list[str]) -> int:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]], tasks: list[str], snapshot=None) -> list[dict]:
+        specs = self.specs(snapshot)
+        batch = tokenize(self.tokenizer, texts, pairs, self.max_length)
+        out = self.logits(batch, tasks, snapshot)
+        per_task = {t: answer(specs[t], out[t]) for t in tasks}
+        return [{t: per_task[t][i] for t in tasks} for i in range(len(texts))]
+
+
+class MergedPredictor(Predictor):
+    def __init__(self, bundle: Bundle, threads: Optional[int] = None):
+        self.bundle = bundle
+        self.tokenizer = bundle.tokenizer()
+        self.max_length = bundle.manifest["trunk"]["max_seq_length"]
+        self.model: MultiTaskModel = bundle.merged_model()
+        self._write = threading.Lock()
+
+    def snapshot(self) -> MultiTaskModel:
+        return self.model
+
+    def specs(self, snapshot: Optional[MultiTaskModel] = None) -> dict[str, TaskSpec]:
+        return dict((snapshot or self.model).specs)
+
+    def logits(self, batch: dict, tasks: list[str], snapshot: Optional[MultiTaskModel] = None) -> dict[str, torch.Tensor]:
+        model = snapshot or self.model  # one reference read: the whole batch uses one snapshot
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=tasks)
+
+    def layers_run(self, tasks: list[str]) -> int:
+        return self.model.layers_run(tasks)
+
+    def put(self, pkg: TaskPackage) -> dict:
+        """Write the task into the bundle, then swap in a snapshot that has it."""
+        with self._write:
+            entry = self.bundle.put(pkg)
+            fresh = self.model.share([n for n in self.model.task_names if n != pkg.spec.name])
+            self.bundle.package(pkg.spec.name).attach(fresh)  # read back what was written
+            self.model = fresh.eval()
+            return entry
+
+    def remove(self, name: str) -> None:
+        with self._write:
+            self.bundle.remove(name)
+            self.model = self.model.share([n for n in self.model.task_names if n != name]).eval()
+
+
+class SeparatePredictor(Predictor):
+    """One full single-task model per task (e.g. full fine-tuning runs): every task runs all L layers."""
+
+    def __init__(self, runs: dict[str, Path]):
+        from manytask.runs import Run
+
+        self.models: dict[str, MultiTaskModel] = {}
+        for task, run_dir in runs.items():
+            run = Run.open(run_dir)
+            self.models[task] = run.model_for(task).eval()
+            self.tokenizer = run.tokenizer()
+            self.max_length = run.cfg.model.max_seq_length
+
+    def specs(self, snapshot=None) -> dict[str, TaskSpec]:
+        return {t: m.specs[t] for t, m in self.models.items()}
+
+    def logits(self, batch: dict, tasks: list[str], snapshot=None) -> dict[str, torch.Tensor]:
+        return {t: self.models[t](batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[t])[t]
+                for t in tasks}
+
+    def layers_run(self, tasks: list[str]) -> int:
+        return sum(self.models[t].layers_run([t]) for t in tasks)
