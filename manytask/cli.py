@@ -329,7 +329,9 @@ def bundle_remove(bundle: Path = typer.Argument(...), task: str = typer.Argument
 
 @app.command()
 def serve(
-    bundle: Path = typer.Argument(..., help="bundle directory (from `manytask flex`)"),
+    bundle: Optional[Path] = typer.Argument(None, help="bundle directory (from `manytask flex`)"),
+    run: list[str] = typer.Option([], "--run", help="instead of a bundle: TASK=RUN_DIR, one full model per task "
+                                  "(repeat; the baseline a bundle is measured against)"),
     host: str = typer.Option("127.0.0.1", help="interface; loopback unless you mean otherwise"),
     port: int = typer.Option(8000),
     max_batch: int = typer.Option(32, help="inputs per forward pass"),
@@ -346,7 +348,7 @@ def serve(
 
     from manytask.serving.app import Limits, create_app
     from manytask.serving.bundle import Bundle, BundleError
-    from manytask.serving.predictor import MergedPredictor
+    from manytask.serving.predictor import MergedPredictor, SeparatePredictor
 
     if threads:
         torch.set_num_threads(threads)
@@ -355,9 +357,17 @@ def serve(
         if not admin_token_file.is_file():
             _fail(f"admin token file not found: {admin_token_file}")
         token = admin_token_file.read_text().strip()
+    if (bundle is None) == (not run):
+        _fail("give either a bundle or one or more --run TASK=RUN_DIR")
+    bad = [r for r in run if "=" not in r]
+    if bad:
+        _fail(f"--run {bad[0]!r}: expected TASK=RUN_DIR")
     try:
-        predictor = MergedPredictor(Bundle(bundle))
-    except (BundleError, FileNotFoundError) as e:
+        if bundle is not None:
+            predictor = MergedPredictor(Bundle(bundle))
+        else:
+            predictor = SeparatePredictor({t: Path(d) for t, d in (r.split("=", 1) for r in run)})
+    except (BundleError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
         return
     limits = Limits(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms)

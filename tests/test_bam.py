@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from manytask.cli import app
 from manytask.config import ConfigError, load_config
-from manytask.distill.recipes import load_study
+from manytask.distill.recipes import Recipe, load_study
 from manytask.distill.store import TargetError, TeacherTargets, targets_path
 from manytask.distill.study import prepare, recipe_dir, run_study
 from manytask.evaluation.stats import holm, paired_test, spread
@@ -206,6 +206,22 @@ def test_finished_stages_are_reused_and_seeds_can_be_added(study):
     with pytest.raises(ConfigError, match="other settings"):
         prepare(cfg.model_copy(update={"data_seed": 7}), out)
     prepare(cfg.model_copy(update={"seeds": [1, 2]}), out)  # back to what ran, for the other tests
+
+
+def test_a_study_can_gain_recipes_but_not_change_them(study):
+    cfg, out = study
+    saved = (out / "study.yaml").read_text()
+    try:
+        extra = Recipe(name="M→S", student="single", teacher="Multi")
+        grown = prepare(cfg.model_copy(update={"recipes": [*cfg.recipes, extra]}), out)
+        assert [r.name for r in grown.recipes] == [r.name for r in cfg.recipes] + ["M→S"]
+        # an older config without the new recipe still resumes the grown study
+        assert "M→S" in [r.name for r in prepare(cfg, out).recipes]
+        altered = [r.model_copy(update={"lam": 0.5}) if r.name == "S→M" else r for r in cfg.recipes]
+        with pytest.raises(ConfigError, match="S→M defined otherwise"):
+            prepare(cfg.model_copy(update={"recipes": altered}), out)
+    finally:
+        (out / "study.yaml").write_text(saved)
 
 
 def test_report_table_tests_and_plots(study):

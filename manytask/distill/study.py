@@ -112,17 +112,24 @@ class Study:
 
 
 def prepare(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> StudyConfig:
-    """Write (or check) OUT/study.yaml. A study is resumed or extended only with the same settings."""
+    """Write (or check) OUT/study.yaml. A study is resumed or extended (more seeds, new recipes) only
+    with the same data, model and training settings, and with its existing recipes unchanged."""
     out = Path(out)
     saved = out / "study.yaml"
     seeds = seeds or cfg.seeds
     if saved.exists():
         old = load_study(saved)
-        mine = cfg.model_copy(update={"seeds": old.seeds})
+        kept = {r.name: r for r in old.recipes}
+        changed = [r.name for r in cfg.recipes if r.name in kept and r != kept[r.name]]
+        if changed:
+            raise ConfigError(f"{out} holds recipe(s) {', '.join(changed)} defined otherwise ({saved}); "
+                              "rename them or use another --out")
+        recipes = old.recipes + [r for r in cfg.recipes if r.name not in kept]
+        mine = cfg.model_copy(update={"seeds": old.seeds, "recipes": old.recipes})
         if dump_study(mine) != dump_study(old):
             raise ConfigError(f"{out} holds a study with other settings ({saved}); use another --out")
         merged = old.seeds + [s for s in seeds if s not in old.seeds]
-        cfg = old.model_copy(update={"seeds": merged})
+        cfg = old.model_copy(update={"seeds": merged, "recipes": recipes})
     else:
         cfg = cfg.model_copy(update={"seeds": list(seeds)})
     out.mkdir(parents=True, exist_ok=True)

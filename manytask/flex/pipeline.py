@@ -32,6 +32,22 @@ def encoder_layers(model: ModelConfig) -> int:
     return AutoConfig.from_pretrained(resolve_encoder(model.encoder)).num_hidden_layers
 
 
+def best_partial(variants: dict[str, dict]) -> str:
+    """The "w/o KD" setting: the partial fine-tuning with the best dev score (fewer layers on a tie)."""
+    partial = {k: v for k, v in variants.items() if k.startswith("partial-")}
+    return max(partial, key=lambda k: (partial[k]["score"], -partial[k]["layers"]))
+
+
+def select_mixed(variants: dict[str, dict], ladder: list[str], delta: float) -> str:
+    """Walk up the ladder (fewest task layers first) while each step adds at least ``delta`` points."""
+    chosen = ladder[0]
+    for nxt in ladder[1:]:
+        if 100 * (variants[nxt]["score"] - variants[chosen]["score"]) < delta:
+            break
+        chosen = nxt
+    return chosen
+
+
 class FlexPipeline:
     def __init__(self, cfg: FlexConfig, out: Path):
         self.cfg, self.out = cfg, Path(out)
@@ -74,16 +90,9 @@ class FlexPipeline:
                                     temperature=comp.temperature, style="hinton")
             variants[f"kd-{n}"] = self._run(entry, base / f"kd-{n}", comp.train or c.partial, freeze=True, layers=n,
                                             split=self.L - K, init=teacher, distill=distill)
-        partial = {k: v for k, v in variants.items() if k.startswith("partial-")}
-        wo_kd = max(partial, key=lambda k: (partial[k]["score"], -partial[k]["layers"]))
         ladder = [f"kd-{n}" for n in sorted(n for n in comp.to if n < K)] + [f"partial-{K}"]
-        mixed = ladder[0]
-        for nxt in ladder[1:]:
-            if 100 * (variants[nxt]["score"] - variants[mixed]["score"]) >= c.mixed.delta:
-                mixed = nxt
-            else:
-                break
-        return {"variants": variants, "selected": {"partial": wo_kd, "mixed": mixed,
+        return {"variants": variants, "selected": {"partial": best_partial(variants),
+                                                   "mixed": select_mixed(variants, ladder, c.mixed.delta),
                                                    **{f"kd-{n}": f"kd-{n}" for n in comp.to if n < K}}}
 
     def present(self) -> list[TaskEntry]:

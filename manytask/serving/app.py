@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import logging
 import time
+from contextlib import asynccontextmanager
 from typing import Optional
 
 from fastapi import FastAPI, HTTPException, Request
@@ -70,7 +71,13 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_token: Optional[str] = None) -> FastAPI:
     limits = limits or Limits()
-    app = FastAPI(title="manytask", docs_url=None, redoc_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await app.state.batcher.stop()
+
+    app = FastAPI(title="manytask", docs_url=None, redoc_url=None, lifespan=lifespan)
     registry = CollectorRegistry()
     requests_total = Counter("manytask_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("manytask_request_seconds", "Request latency", ["endpoint"], registry=registry,
@@ -81,10 +88,6 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     batcher = MicroBatcher(predictor.predict, limits.max_batch, limits.max_wait_ms, on_batch=batch_sizes.observe)
     admin_lock = asyncio.Lock()
     app.state.predictor, app.state.batcher = predictor, batcher
-
-    @app.on_event("shutdown")
-    async def _stop() -> None:
-        await batcher.stop()
 
     @app.middleware("http")
     async def _measure(request: Request, call_next):

@@ -106,6 +106,9 @@ class SeparatePredictor(Predictor):
         self.models: dict[str, MultiTaskModel] = {}
         for task, run_dir in runs.items():
             run = Run.open(run_dir)
+            if task not in {s.name for s in run.specs()}:
+                raise ValueError(f"{run_dir}: the run has no task {task!r} "
+                                 f"(has: {', '.join(s.name for s in run.specs())})")
             self.models[task] = run.model_for(task).eval()
             self.tokenizer = run.tokenizer()
             self.max_length = run.cfg.model.max_seq_length

@@ -1,0 +1,279 @@
+"""Flexible multi-task model (Wei et al. 2022): branches, partial fine-tuning, compression, selection,
+and the bundle — one trunk, one directory per task, changed one task at a time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+from typer.testing import CliRunner
+
+from manytask.cli import app
+from manytask.flex.pipeline import best_partial, select_mixed
+from manytask.models.multitask import MultiTaskModel
+from manytask.report.flex import write_report
+from manytask.runs import Run
+from manytask.serving import bundle as bundle_mod
+from manytask.serving.bundle import Bundle, BundleError, TaskPackage, load_package, package_from_run
+from manytask.serving.predictor import tokenize
+from manytask.tasks import glue_task
+
+TEXTS = ["good fine lovely day", "awful dull grim cold", "warm bright great", "poor bad"]
+PAIRS = ["good day", "cold grim", "bright warm", "bad"]
+
+
+def tiny_encoder(layers: int = 4) -> BertModel:
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                                intermediate_size=32), add_pooling_layer=False)
+
+
+def spec(name: str) -> TaskSpec:
+    return glue_task("sst2").model_copy(update={"name": name})
+
+
+def test_a_branch_copies_the_top_layers_and_the_trunk_runs_once():
+    enc = tiny_encoder()
+    model = MultiTaskModel(enc, [spec("x"), spec("y"), spec("z")], {"x": 2, "y": 1, "z": 0}).eval()
+    assert model.split_depth == {"x": 2, "y": 3, "z": 4}
+    for i, layer in enumerate(model.branches["x"]):
+        assert layer is not enc.encoder.layer[2 + i]  # a copy the task owns ...
+        for a, b in zip(layer.parameters(), enc.encoder.layer[2 + i].parameters()):
+            assert torch.equal(a, b)  # ... starting from the encoder's weights
+    # x: trunk to 2 then 2 own layers; y: trunk to 3 then 1; z: all 4 shared -> 4 + 2 + 1 layers
+    assert model.layers_run() == 7 and model.layers_run(["x"]) == 4 and model.layers_run(["x", "y"]) == 6
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, layer in enumerate(enc.encoder.layer)]
+    ids = torch.randint(0, 64, (3, 7))
+    out = model(ids, torch.ones_like(ids), tasks=["x", "y"])
+    assert calls == [0, 1, 2]  # trunk once, only as deep as the deepest split needed (3)
+    for h in hooks:
+        h.remove()
+    # before any training the branched model equals the plain encoder
+    plain = MultiTaskModel(enc, [spec("x")]).eval()
+    plain.heads["x"].load_state_dict(model.heads["x"].state_dict())
+    assert torch.allclose(out["x"], plain(ids, torch.ones_like(ids))["x"], atol=1e-6)
+
+
+def test_a_compressed_branch_starts_on_the_teachers_split_with_its_bottom_layers():
+    enc = tiny_encoder()
+    teacher = MultiTaskModel(enc, [spec("x")], {"x": 3})
+    student = MultiTaskModel(enc, [spec("x")], {"x": 1}, split_depth={"x": 1})
+    assert student.split_depth["x"] == teacher.split_depth["x"] == 1 and student.layers_run(["x"]) == 2
+    with pytest.raises(ValueError, match="does not fit"):
+        MultiTaskModel(enc, [spec("x")], {"x": 2}, split_depth={"x": 3})
+
+
+def test_selection_rules():
+    v = {"kd-1": {"score": 0.800, "layers": 1}, "kd-2": {"score": 0.806, "layers": 2},
+         "partial-1": {"score": 0.79, "layers": 1}, "partial-2": {"score": 0.81, "layers": 2},
+         "partial-3": {"score": 0.81, "layers": 3}}
+    ladder = ["kd-1", "kd-2", "partial-3"]
+    assert select_mixed(v, ladder, 0.5) == "kd-2"  # +0.6 kept, then +0.4 < 0.5 stops
+    assert select_mixed(v, ladder, 1.0) == "kd-1"
+    assert select_mixed(v, ladder, 0.0) == "partial-3"
+    assert best_partial(v) == "partial-2"  # best score, fewer layers on a tie
+
+
+# ---- the pipeline at debug scale ------------------------------------------------------------------------
+def test_pipeline_runs_every_variant_and_keeps_the_trunk_frozen(flex_run):
+    cfg, out, result = flex_run
+    L = result["encoder_layers"]
+    assert L == 4 and set(result["tasks"]) == {"sst2", "stsb", "mrpc"}
+    for task, sel in result["tasks"].items():
+        v = sel["variants"]
+        assert set(v) == {"full", "partial-1", "partial-3", "kd-1"}
+        assert (v["partial-1"]["split_depth"], v["partial-3"]["split_depth"], v["kd-1"]["split_depth"]) == (3, 1, 1)
+        assert sel["selected"]["mixed"] in ("kd-1", "partial-3")
+        kd_cfg = Run.open(out / v["kd-1"]["run"]).cfg
+        assert kd_cfg.distill.style == "hinton" and kd_cfg.distill.temperature == 2.0
+        assert Path(kd_cfg.model.init_from) == (out / task / "partial-k3").resolve()
+    # every partial and KD run leaves the trunk as it was: one trunk hash across them, another for full
+    hashes = {bundle_mod.tensors_hash(bundle_mod.trunk_tensors(Run.open(out / t / r).model_for(t).state_dict()))
+              for t in result["tasks"] for r in ("partial-k1", "partial-k3", "kd-1")}
+    assert len(hashes) == 1
+    full = Run.open(out / "sst2" / "full").model_for("sst2").state_dict()
+    assert bundle_mod.tensors_hash(bundle_mod.trunk_tensors(full)) not in hashes
+
+
+def test_report_has_table_2_rows_and_a_plot(flex_run):
+    cfg, out, result = flex_run
+    rep = write_report(out, cfg.mixed.delta)
+    rows = {r["setting"]: r for r in rep["rows"]}
+    assert list(rows) == ["full", "partial", "kd-1", "mixed"]
+    assert rows["full"]["layers_total"] == 12 and rows["full"]["overhead_pct"] == 100
+    assert rows["kd-1"]["layers_total"] == 1 + 3  # trunk to depth 1, one own layer per task
+    assert "| KD-1 |" in rep["markdown"] and (out / "flex.png").stat().st_size > 1000
+    assert json.loads((out / "report.json").read_text())["rows"][0]["setting"] == "full"
+
+
+# ---- the bundle -------------------------------------------------------------------------------------------
+def encode(bundle: Bundle, texts=TEXTS, pairs=None) -> dict:
+    return tokenize(bundle.tokenizer(), texts, pairs, bundle.manifest["trunk"]["max_seq_length"])
+
+
+def outputs(model, batch, tasks) -> dict[str, torch.Tensor]:
+    with torch.inference_mode():
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=tasks)
+
+
+@pytest.fixture
+def bundle(flex_run, tmp_path) -> Bundle:
+    shutil.copytree(flex_run[1] / "bundle", tmp_path / "bundle")
+    return Bundle(tmp_path / "bundle")
+
+
+def selected_run(flex_run, task: str) -> Path:
+    _, out, result = flex_run
+    sel = result["tasks"][task]
+    return out / sel["variants"][sel["selected"][flex_run[0].bundle]]["run"]
+
+
+def other_run(flex_run, task: str) -> Path:
+    """A variant of the task that is not the one in the bundle (for updates)."""
+    _, out, result = flex_run
+    sel = result["tasks"][task]
+    chosen = sel["selected"][flex_run[0].bundle]
+    name = next(k for k in ("partial-1", "kd-1", "partial-3") if k != chosen)
+    return out / sel["variants"][name]["run"]
+
+
+def test_oracle_merged_model_equals_each_tasks_own_model(flex_run, bundle):
+    merged = bundle.merged_model()
+    assert sorted(merged.task_names) == ["mrpc", "sst2", "stsb"]
+    for pairs in (None, PAIRS):
+        batch = encode(bundle, TEXTS, pairs)
+        together = outputs(merged, batch, merged.task_names)
+        for task in merged.task_names:
+            own = Run.open(selected_run(flex_run, task)).model_for(task)
+            expected = outputs(own, batch, [task])[task]
+            torch.testing.assert_close(together[task], expected, rtol=1e-5, atol=1e-5)
+    # the merged model runs fewer layers than one model per task
+    assert merged.layers_run() < 3 * 4
+
+
+def files_of(root: Path, directory: str) -> dict[str, str]:
+    d = root / directory
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_update_add_remove_leave_the_other_tasks_untouched(flex_run, bundle):
+    before = {t: files_of(bundle.root, e["dir"]) for t, e in bundle.manifest["tasks"].items()}
+    dirs = {t: e["dir"] for t, e in bundle.manifest["tasks"].items()}
+    trunk = files_of(bundle.root, "trunk")
+    batch = encode(bundle)
+    ref = outputs(bundle.merged_model(), batch, ["sst2", "stsb"])
+
+    # update sst2 with another variant
+    bundle.put(package_from_run(other_run(flex_run, "sst2"), "sst2"), replace=True)
+    after = bundle.manifest["tasks"]
+    assert after["sst2"]["dir"] != dirs["sst2"] and not (bundle.root / dirs["sst2"]).exists()
+    for t in ("stsb", "mrpc"):
+        assert after[t]["dir"] == dirs[t] and files_of(bundle.root, dirs[t]) == before[t]
+    assert files_of(bundle.root, "trunk") == trunk
+    new = outputs(bundle.merged_model(), batch, ["sst2", "stsb"])
+    assert torch.equal(new["stsb"], ref["stsb"])  # bit-identical
+    assert not torch.equal(new["sst2"], ref["sst2"])
+    expected = outputs(Run.open(other_run(flex_run, "sst2")).model_for("sst2"), batch, ["sst2"])["sst2"]
+    torch.testing.assert_close(new["sst2"], expected, rtol=1e-5, atol=1e-5)
+
+    # remove, then add back
+    bundle.remove("stsb")
+    assert bundle.task_names() == ["mrpc", "sst2"] and not (bundle.root / dirs["stsb"]).exists()
+    assert files_of(bundle.root, dirs["mrpc"]) == before["mrpc"]
+    with pytest.raises(BundleError, match="not in the bundle"):
+        bundle.remove("stsb")
+    with pytest.raises(BundleError, match="use add"):
+        bundle.put(package_from_run(selected_run(flex_run, "stsb"), "stsb"), replace=True)
+    bundle.put(package_from_run(selected_run(flex_run, "stsb"), "stsb"), replace=False)
+    assert torch.equal(outputs(bundle.merged_model(), batch, ["stsb"])["stsb"], ref["stsb"])
+    with pytest.raises(BundleError, match="already in the bundle"):
+        bundle.put(package_from_run(selected_run(flex_run, "stsb"), "stsb"), replace=False)
+
+
+def test_a_task_trained_on_another_trunk_is_refused(flex_run, bundle):
+    _, out, _ = flex_run
+    full = package_from_run(out / "sst2" / "full", "sst2")  # full fine-tuning changed its trunk
+    with pytest.raises(BundleError, match="trained on trunk .* needs the same frozen encoder"):
+        bundle.put(full)
+    # a package whose recorded trunk was edited on disk is refused when served
+    entry = bundle.manifest["tasks"]["mrpc"]
+    meta_path = bundle.root / entry["dir"] / "task.json"
+    meta = json.loads(meta_path.read_text())
+    meta["trunk_sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="damaged"):  # the manifest's file hash catches it first
+        bundle.merged_model()
+
+
+def test_an_interrupted_update_leaves_the_previous_bundle_intact(flex_run, bundle, monkeypatch):
+    manifest = (bundle.root / "manifest.json").read_bytes()
+    batch = encode(bundle)
+    ref = outputs(bundle.merged_model(), batch, ["sst2", "mrpc", "stsb"])
+    pkg = package_from_run(other_run(flex_run, "sst2"), "sst2")
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("power cut")
+
+    # 1. killed while writing the new task's files
+    monkeypatch.setattr(bundle_mod, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bundle.put(pkg)
+    monkeypatch.undo()
+    assert (bundle.root / "manifest.json").read_bytes() == manifest
+    assert not list((bundle.root / "tasks").glob(".staging-*"))
+    # 2. killed after the new task directory was in place, before the manifest was replaced
+    monkeypatch.setattr(bundle_mod, "atomic_write_json", crash)
+    with pytest.raises(KeyboardInterrupt):
+        bundle.put(pkg)
+    monkeypatch.undo()
+    assert (bundle.root / "manifest.json").read_bytes() == manifest
+    reopened = Bundle(bundle.root).merged_model()
+    for t, v in outputs(reopened, batch, ["sst2", "mrpc", "stsb"]).items():
+        assert torch.equal(v, ref[t])
+    # the orphan directory is collected by the next change
+    assert len(list((bundle.root / "tasks").iterdir())) == 4
+    bundle.remove("mrpc")
+    bundle.put(package_from_run(selected_run(flex_run, "mrpc"), "mrpc"))
+    assert len(list((bundle.root / "tasks").iterdir())) == 3
+
+
+def test_a_damaged_or_foreign_package_gives_a_clear_error(flex_run, bundle, tmp_path):
+    with pytest.raises(BundleError, match="not a bundle"):
+        Bundle(tmp_path)
+    with pytest.raises(BundleError, match="neither a task package"):
+        load_package(tmp_path)
+    with pytest.raises(BundleError, match="name the task"):
+        load_package(selected_run(flex_run, "sst2"))
+    with pytest.raises(BundleError, match="has no task 'cola'"):
+        load_package(selected_run(flex_run, "sst2"), "cola")
+    pkg = bundle.package("sst2")
+    pkg.write(tmp_path / "pkg")
+    assert TaskPackage.read(tmp_path / "pkg").tensors.keys() == pkg.tensors.keys()
+    weights = bundle.root / bundle.manifest["tasks"]["sst2"]["dir"] / "task.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="task.safetensors: content hash differs"):
+        bundle.package("sst2")
+
+
+def test_bundle_cli(flex_run, bundle):
+    runner = CliRunner()
+    res = runner.invoke(app, ["bundle", "list", str(bundle.root)])
+    assert res.exit_code == 0 and "sst2" in res.output and "trunk" in res.output
+    res = runner.invoke(app, ["bundle", "remove", str(bundle.root), "mrpc"])
+    assert res.exit_code == 0 and bundle.task_names() == ["sst2", "stsb"]
+    res = runner.invoke(app, ["bundle", "add", str(bundle.root), "--from", str(selected_run(flex_run, "mrpc")),
+                              "--task", "mrpc"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["bundle", "update", str(bundle.root), "--from", str(flex_run[1] / "sst2" / "full"),
+                              "--task", "sst2"])
+    assert res.exit_code == 2 and "trunk" in res.output
+    res = runner.invoke(app, ["bundle", "list", str(bundle.root / "nope")])
+    assert res.exit_code == 2 and "not a bundle" in res.output
