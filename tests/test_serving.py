@@ -102,9 +102,15 @@ def test_bad_requests_get_clear_4xx_and_the_server_goes_on(client, payload, stat
     assert client.post("/v1/predict", json={"inputs": [{"text": "fine"}]}).status_code == 200
 
 
-def test_malformed_json_is_a_422(client):
+def test_malformed_json_is_a_422_and_a_streamed_body_a_411(client):
     res = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert res.status_code == 422 and "JSON" in res.json()["error"]
+
+    def stream():
+        yield b'{"inputs": [{"text": "x"}]}'
+
+    res = client.post("/v1/predict", content=stream(), headers={"content-type": "application/json"})
+    assert res.status_code == 411 and "Content-Length" in res.json()["error"]
 
 
 def test_admin_calls_need_the_token(flex_run, bundle, client):

@@ -94,7 +94,10 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
         size = request.headers.get("content-length")
         endpoint = request.url.path if not request.url.path.startswith("/v1/tasks/") else "/v1/tasks/{name}"
         start = time.perf_counter()
-        if size is not None and (not size.isdigit() or int(size) > limits.max_body_bytes):
+        if size is None and request.method in ("POST", "PUT"):
+            # a streamed body of unknown size could be any size: ask for a declared length instead
+            response = _error(411, "send a Content-Length header (streamed request bodies are not accepted)")
+        elif size is not None and (not size.isdigit() or int(size) > limits.max_body_bytes):
             response = _error(413, f"request body too large ({size} bytes; limit {limits.max_body_bytes})")
         else:
             response = await call_next(request)
