@@ -223,21 +223,31 @@ def bam(
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a study directory made by `manytask bam`")) -> None:
-    """Rebuild a study's report (tables, significance tests, plots) from what its runs wrote."""
+def report(run_dir: Path = typer.Argument(..., help="a study (`manytask bam`) or flex run (`manytask flex`)")) -> None:
+    """Rebuild the report of a BAM study or a flex run from what its runs wrote."""
     _setup(None)
     from manytask.config import ConfigError
-    from manytask.report.bam import write_report
 
-    if not (run_dir / "study.yaml").exists():
-        _fail(f"{run_dir} is not a study directory (no study.yaml)")
     try:
-        rep = write_report(run_dir)
-    except (ConfigError, FileNotFoundError) as e:
+        if (run_dir / "study.yaml").exists():
+            from manytask.report.bam import write_report
+
+            rep = write_report(run_dir)
+            plots = rep["plots"]
+        elif (run_dir / "flex.yaml").exists() and (run_dir / "selection.json").exists():
+            from manytask.flex.config import load_flex
+            from manytask.report.flex import write_report as write_flex_report
+
+            rep = write_flex_report(run_dir, load_flex(run_dir / "flex.yaml").mixed.delta)
+            plots = [str(run_dir / "flex.png")]
+        else:
+            _fail(f"{run_dir} is neither a study (study.yaml) nor a finished flex run (flex.yaml, selection.json)")
+            return
+    except (ConfigError, FileNotFoundError, KeyError) as e:
         _fail(str(e))
         return
     typer.echo(rep["markdown"])
-    typer.echo(f"report: {run_dir / 'report.md'}, " + ", ".join(rep["plots"]))
+    typer.echo(f"report: {run_dir / 'report.md'}, " + ", ".join(plots))
 
 
 @app.command()

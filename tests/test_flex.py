@@ -109,7 +109,14 @@ def test_report_has_table_2_rows_and_a_plot(flex_run):
     assert rows["full"]["layers_total"] == 12 and rows["full"]["overhead_pct"] == 100
     assert rows["kd-1"]["layers_total"] == 1 + 3  # trunk to depth 1, one own layer per task
     assert "| KD-1 |" in rep["markdown"] and (out / "flex.png").stat().st_size > 1000
+    # tiny BERT: hidden 32, intermediate 64, 32 tokens -> 2*32*(4*32*32 + 2*32*64) + 4*32*32*32 FLOPs a layer
+    per_layer = 2 * 32 * (4 * 32 * 32 + 2 * 32 * 64) + 4 * 32 * 32 * 32
+    assert rows["kd-1"]["gflops_per_input"] == pytest.approx(4 * per_layer / 1e9)
     assert json.loads((out / "report.json").read_text())["rows"][0]["setting"] == "full"
+    res = CliRunner().invoke(app, ["report", str(out)])
+    assert res.exit_code == 0 and "| mixed |" in res.output and "GFLOPs" in res.output
+    res = CliRunner().invoke(app, ["report", str(out / "sst2")])
+    assert res.exit_code == 2 and "neither a study" in res.output
 
 
 # ---- the bundle -------------------------------------------------------------------------------------------

@@ -1,19 +1,35 @@
 """Table 2 of Wei et al. for a flex run: per task the dev score and the task's own layers, and the
-overhead — transformer layers run per input for all tasks together — as a share of one full
-model per task; plus a score-vs-overhead plot."""
+overhead — transformer layers run per input for all tasks together, their FLOPs, and the share of
+one full model per task; plus a score-vs-overhead plot."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import yaml
+
 from manytask.training.checkpoint import atomic_write_json, atomic_write_text
 
 SETTINGS = [("full", "Full fine-tuning"), ("partial", "w/o KD (best k)")]
 
 
+def layer_flops(hidden: int, intermediate: int, seq: int) -> int:
+    """Multiply-adds x2 of one BERT layer on one input of ``seq`` tokens: Q, K, V and output
+    projections, the two feed-forward matrices, and the attention scores and mixing."""
+    return 2 * seq * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * 2 * seq * seq * hidden
+
+
+def trunk_shape(out: Path) -> dict:
+    cfg = json.loads((Path(out) / "bundle" / "trunk" / "config.json").read_text())
+    return {"hidden": cfg["hidden_size"], "intermediate": cfg["intermediate_size"]}
+
+
 def build(out: Path) -> dict:
     sel = json.loads((Path(out) / "selection.json").read_text())
+    flex = yaml.safe_load((Path(out) / "flex.yaml").read_text())
+    seq = flex.get("model", {}).get("max_seq_length", 128)
+    per_layer = layer_flops(**trunk_shape(out), seq=seq)
     L, tasks = sel["encoder_layers"], sel["tasks"]
     names = list(tasks)
     first = tasks[names[0]]
@@ -33,8 +49,10 @@ def build(out: Path) -> dict:
             total = max(c["split_depth"] for c in cells.values()) + sum(c["layers"] for c in cells.values())
         rows.append({"setting": key, "label": label, "tasks": cells,
                      "average": sum(c["score"] for c in cells.values()) / len(cells),
-                     "layers_total": total, "overhead_pct": 100 * total / (L * len(names))})
-    return {"encoder_layers": L, "tasks": names, "rows": rows, "skipped": sel.get("skipped", [])}
+                     "layers_total": total, "overhead_pct": 100 * total / (L * len(names)),
+                     "gflops_per_input": total * per_layer / 1e9})
+    return {"encoder_layers": L, "tasks": names, "rows": rows, "skipped": sel.get("skipped", []),
+            "flops": {"seq_len": seq, "per_layer": per_layer}}
 
 
 def markdown(rep: dict, delta: float, titles: dict) -> str:
@@ -42,14 +60,15 @@ def markdown(rep: dict, delta: float, titles: dict) -> str:
     lines = [f"Dev score x100 (primary metric; best checkpoint, chosen on dev as in the paper) and the task's own "
              f"layers in brackets. Overhead: layers run per input for all {len(names)} tasks — the frozen trunk once, "
              f"up to the deepest split, plus every branch — and as % of {len(names)} full {rep['encoder_layers']}-layer "
-             f"models. Mixed: add a task layer only while it gains ≥ {delta} points.", "",
-             "| setting | " + " | ".join(titles.get(t, t) for t in names) + " | Avg | layers | overhead |",
-             "|---|" + "---|" * (len(names) + 3)]
+             f"models; GFLOPs for one input of {rep['flops']['seq_len']} tokens (transformer layers only). "
+             f"Mixed: add a task layer only while it gains ≥ {delta} points.", "",
+             "| setting | " + " | ".join(titles.get(t, t) for t in names) + " | Avg | layers | overhead | GFLOPs |",
+             "|---|" + "---|" * (len(names) + 4)]
     for r in rep["rows"]:
         label = r["label"] if r["setting"] != "mixed" else "mixed"
         cells = [f"{r['tasks'][t]['score']:.1f} ({r['tasks'][t]['layers']})" for t in names]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['average']:.1f} | {r['layers_total']} | "
-                     f"{r['overhead_pct']:.0f}% |")
+                     f"{r['overhead_pct']:.0f}% | {r['gflops_per_input']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
