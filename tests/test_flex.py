@@ -22,6 +22,7 @@ from manytask.serving import bundle as bundle_mod
 from manytask.serving.bundle import Bundle, BundleError, TaskPackage, load_package, package_from_run
 from manytask.serving.predictor import tokenize
 from manytask.tasks import glue_task
+from manytask.training.losses import hinton_loss
 
 TEXTS = ["good fine lovely day", "awful dull grim cold", "warm bright great", "poor bad"]
 PAIRS = ["good day", "cold grim", "bright warm", "bad"]
@@ -78,6 +79,23 @@ def test_selection_rules():
     assert select_mixed(v, ladder, 1.0) == "kd-1"
     assert select_mixed(v, ladder, 0.0) == "partial-3"
     assert best_partial(v) == "partial-2"  # best score, fewer layers on a tie
+
+
+def test_hinton_loss_by_hand():
+    import math
+
+    sst2, stsb = glue_task("sst2"), glue_task("stsb")
+    student, teacher, gold = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.tensor([0])
+    ps = [math.exp(0.5) / (math.exp(0.5) + 1), 1 / (math.exp(0.5) + 1)]  # softmax(student / 2)
+    pt = [1 / (1 + math.e), math.e / (1 + math.e)]  # softmax(teacher / 2)
+    kl = sum(t * math.log(t / s) for t, s in zip(pt, ps))
+    ce = -math.log(math.e / (math.e + 1))  # gold loss: plain cross-entropy at T = 1
+    assert hinton_loss(sst2, student, gold, teacher, 0.5, 2.0).item() == pytest.approx(0.5 * ce + 0.5 * 4 * kl, rel=1e-5)
+    assert hinton_loss(sst2, student, gold, student, 0.0, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    # regression: L2 between sigmoid outputs, gold on the [0, 1] scale
+    out, teach, label = torch.tensor([0.0]), torch.tensor([math.log(3.0)]), torch.tensor([0.2])  # head output: (B,)
+    want = 0.25 * (0.5 - 0.2) ** 2 + 0.75 * (0.5 - 0.75) ** 2
+    assert hinton_loss(stsb, out, label, teach, 0.25, 2.0).item() == pytest.approx(want, rel=1e-5)
 
 
 # ---- the pipeline at debug scale ------------------------------------------------------------------------
