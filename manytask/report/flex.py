@@ -82,6 +82,7 @@ def plot(rep: dict, path: Path) -> None:
     for r in rep["rows"]:
         ax.scatter(r["overhead_pct"], r["average"], s=30)
         ax.annotate(r["setting"], (r["overhead_pct"], r["average"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.margins(x=0.12, y=0.15)  # room for the labels of the outermost points
     ax.set_xlabel("overhead (% of one full model per task)")
     ax.set_ylabel("average dev score (x100)")
     ax.set_title("score vs serving overhead")
