@@ -243,3 +243,21 @@ def test_separate_models_serve_the_same_answers(flex_run):
         assert res.status_code == 403
     with pytest.raises(ValueError, match="has no task 'stsb'"):
         SeparatePredictor({"stsb": runs["sst2"]})
+
+
+def test_serve_command_checks_its_arguments_before_starting(flex_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from manytask.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve"])
+    assert res.exit_code == 2 and "either a bundle or one or more --run" in res.output
+    res = runner.invoke(app, ["serve", "--run", "sst2"])
+    assert res.exit_code == 2 and "expected TASK=RUN_DIR" in res.output
+    res = runner.invoke(app, ["serve", "--run", f"stsb={flex_run[1] / 'sst2' / 'full'}"])
+    assert res.exit_code == 2 and "has no task 'stsb'" in res.output
+    res = runner.invoke(app, ["serve", str(tmp_path)])
+    assert res.exit_code == 2 and "not a bundle" in res.output
+    res = runner.invoke(app, ["serve", str(flex_run[1] / "bundle"), "--admin-token-file", str(tmp_path / "none")])
+    assert res.exit_code == 2 and "admin token file not found" in res.output
