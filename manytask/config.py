@@ -260,19 +260,36 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_yaml_mapping(path: Union[str, Path], what: str = "config") -> dict:
+    """A YAML file's top-level mapping; errors name the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys")
+    return data
+
+
+def load_model(cls, path: Union[str, Path], overrides: Optional[list[str]] = None, what: str = "config"):
+    """Read a YAML file, apply ``--set`` overrides, validate as ``cls``; errors name the file and key."""
+    data = apply_overrides(read_yaml_mapping(path, what), overrides or [])
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {_first_error(e)}") from None
+
+
 def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[str]] = None, data: Optional[dict] = None) -> RunConfig:
     """Load a YAML recipe (or a dict), apply overrides, validate. Errors name the file and key."""
     source = str(path) if path else "<config>"
     if data is None:
         if path is None:
             raise ConfigError("no config given")
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        data = read_yaml_mapping(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     data = apply_overrides(data, overrides or [])

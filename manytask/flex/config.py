@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
-from manytask.config import ConfigError, ModelConfig, TaskEntry, TrainConfig, _first_error, apply_overrides
+from manytask.config import ModelConfig, TaskEntry, TrainConfig, load_model
 from manytask.tasks import StrictModel
 
 
@@ -74,19 +74,7 @@ class FlexConfig(StrictModel):
 
 
 def load_flex(path: Union[str, Path], overrides: Optional[list[str]] = None) -> FlexConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"flex config not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of keys")
-    try:
-        return FlexConfig.model_validate(apply_overrides(data, overrides or []))
-    except ValidationError as e:
-        raise ConfigError(f"{p}: {_first_error(e)}") from None
+    return load_model(FlexConfig, path, overrides, what="flex config")
 
 
 def dump_flex(cfg: FlexConfig) -> str:

@@ -26,6 +26,7 @@ from typing import Iterator, Optional
 import torch
 from safetensors.torch import load_file, save_file
 
+from manytask.data.loading import file_sha256
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
 from manytask.training.checkpoint import atomic_write, atomic_write_json
@@ -45,14 +46,6 @@ def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().contiguous().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
@@ -222,7 +215,7 @@ class Bundle:
             staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.root / "tasks"))
             try:
                 pkg.write(staging)
-                files = {f: file_hash(staging / f) for f in ("task.safetensors", "task.json")}
+                files = {f: file_sha256(staging / f) for f in ("task.safetensors", "task.json")}
                 digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
                 final = self.root / "tasks" / f"{name}@{digest[:12]}"
                 if final.exists():
@@ -266,7 +259,7 @@ class Bundle:
             raise BundleError(f"task {name!r} is not in the bundle")
         d = self.root / entry["dir"]
         for f, h in entry["files"].items():
-            if file_hash(d / f) != h:
+            if file_sha256(d / f) != h:
                 raise BundleError(f"{d / f}: content hash differs from the manifest — the bundle is damaged")
         pkg = TaskPackage.read(d)
         if pkg.trunk_sha256 != self.trunk_sha256:
