@@ -196,17 +196,17 @@ class Bundle:
     def put(self, pkg: TaskPackage, replace: Optional[bool] = None) -> dict:
         """Add (replace=False), update (True) or either (None) one task; the others are not touched."""
         name = pkg.spec.name
-        if pkg.trunk_sha256 != self.trunk_sha256:
-            raise BundleError(f"task {name!r} was trained on trunk {pkg.trunk_sha256[:12]}…, this bundle's trunk is "
-                              f"{self.trunk_sha256[:12]}… — it needs the same frozen encoder weights")
-        manifest = self.manifest
-        if pkg.pooling != manifest["trunk"]["pooling"]:
-            raise BundleError(f"task {name!r} pools with {pkg.pooling!r}, the bundle with {manifest['trunk']['pooling']!r}")
-        if pkg.split_depth + pkg.layers > manifest["trunk"]["num_layers"]:
-            raise BundleError(f"task {name!r}: branch ends at layer {pkg.split_depth + pkg.layers}, "
-                              f"the trunk has {manifest['trunk']['num_layers']}")
         with self._lock():
             manifest = self.manifest
+            trunk = manifest["trunk"]
+            if pkg.trunk_sha256 != trunk["sha256"]:
+                raise BundleError(f"task {name!r} was trained on trunk {pkg.trunk_sha256[:12]}…, this bundle's trunk is "
+                                  f"{trunk['sha256'][:12]}… — it needs the same frozen encoder weights")
+            if pkg.pooling != trunk["pooling"]:
+                raise BundleError(f"task {name!r} pools with {pkg.pooling!r}, the bundle with {trunk['pooling']!r}")
+            if pkg.split_depth + pkg.layers > trunk["num_layers"]:
+                raise BundleError(f"task {name!r}: branch ends at layer {pkg.split_depth + pkg.layers}, "
+                                  f"the trunk has {trunk['num_layers']}")
             exists = name in manifest["tasks"]
             if replace is False and exists:
                 raise BundleError(f"task {name!r} is already in the bundle: use update")

@@ -29,9 +29,9 @@ def answer(spec: TaskSpec, logits: torch.Tensor) -> list[dict]:
     """Per input: label and probabilities (classification), or the score on the task's own range."""
     logits = logits.float()
     if spec.kind == "classification":
-        probs = torch.softmax(logits, dim=-1).tolist()
-        return [{"label": spec.labels[max(range(len(p)), key=p.__getitem__)],  # type: ignore[index]
-                 "probs": dict(zip(spec.labels, p))} for p in probs]  # type: ignore[arg-type]
+        probs, best = torch.softmax(logits, dim=-1).tolist(), logits.argmax(dim=-1).tolist()
+        return [{"label": spec.labels[i], "probs": dict(zip(spec.labels, p))}  # type: ignore[index, arg-type]
+                for i, p in zip(best, probs)]
     return [{"score": spec.unscale(v)} for v in torch.sigmoid(logits.reshape(-1)).tolist()]
 
 
