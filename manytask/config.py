@@ -133,7 +133,9 @@ class ModelConfig(StrictModel):
     pooling: Literal["cls", "mean"] = "cls"
     dropout: float = 0.1
     freeze_trunk: bool = False
-    init_from: Optional[str] = None  # a run directory: start from its weights (each task's best checkpoint)
+    init_from: Optional[str] = None  # a run directory: start from its weights
+    init_checkpoint: Literal["last", "best"] = "last"  # which of init_from's weights: the trained model, or
+    # (best) the checkpoint that was best on dev for the one task being trained
 
 
 class DistillConfig(StrictModel):
@@ -181,6 +183,7 @@ class TrainConfig(StrictModel):
     warmup: float = 0.1  # fraction of steps
     max_grad_norm: float = 1.0
     sampling: SamplingConfig = SamplingConfig()
+    batching: Literal["per_task", "mixed"] = "per_task"  # mixed: a batch holds several tasks (BAM)
     group_by_length: bool = True
     precision: Literal["fp32", "bf16"] = "fp32"
     eval_every: Optional[int] = None  # steps; None = at the end only

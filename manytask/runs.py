@@ -35,12 +35,16 @@ def build_model(cfg: RunConfig, specs, encoder) -> MultiTaskModel:
     return model
 
 
-def init_weights(model: MultiTaskModel, source: Path, tasks: list[str]) -> None:
-    """Start from another run's weights: its last checkpoint, or the best one for the single task
-    being fine-tuned. Every parameter of ``model`` must be found there with the same shape."""
+def init_weights(model: MultiTaskModel, source: Path, tasks: list[str], which: str = "last") -> Path:
+    """Start from another run's weights: its last checkpoint (the trained model, as BAM and MeTaL
+    fine-tune it), or with ``which="best"`` the checkpoint that was best on dev for the one task
+    being trained. Every parameter of ``model`` must be found there with the same shape."""
     ckpt = CheckpointDir(source / "checkpoints")
-    best = ckpt.best()
-    if len(tasks) == 1 and tasks[0] in best:
+    if which == "best":
+        best = ckpt.best()
+        if len(tasks) != 1 or tasks[0] not in best:
+            raise ConfigError(f"model.init_checkpoint: best needs one task that {source} was scored on "
+                              f"(tasks {tasks}; {source} has best checkpoints for {sorted(best)})")
         weights = ckpt.root / best[tasks[0]]["weights"]
     elif ckpt.last() is not None:
         weights = ckpt.root / ckpt.last()["weights"]
@@ -55,6 +59,7 @@ def init_weights(model: MultiTaskModel, source: Path, tasks: list[str]) -> None:
                           f"(missing {missing[:3]}, wrong shape {wrong[:3]})")
     model.load_state_dict({k: state[k] for k in own})
     log.info("initialised from %s", weights)
+    return weights
 
 
 def featurize(data: list[TaskData], tokenizer, max_len: int) -> list[TaskFeatures]:
@@ -114,7 +119,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
         atomic_write_json(out / "data.json", data_summary(data, skipped))
         atomic_write_text(saved, dump_config(cfg))
     if cfg.model.init_from and not (out / "checkpoints" / "last.json").exists():
-        init_weights(model, Path(cfg.model.init_from), [d.name for d in data])
+        init_weights(model, Path(cfg.model.init_from), [d.name for d in data], cfg.model.init_checkpoint)
     loss_fn = default_loss
     if cfg.distill is not None:
         from manytask.distill.teacher import TeacherLoss

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -12,8 +13,9 @@ def _weights(run_dir):
     return load_file(str(run_dir / "checkpoints" / info["weights"]))
 
 
-def test_resume_after_kill_matches_uninterrupted_run(mini_glue, tiny_config, tmp_path):
-    tiny_config["train"].update(steps=12, eval_every=None, checkpoint_every=4)
+@pytest.mark.parametrize("batching", ["per_task", "mixed"])
+def test_resume_after_kill_matches_uninterrupted_run(mini_glue, tiny_config, tmp_path, batching):
+    tiny_config["train"].update(steps=12, eval_every=None, checkpoint_every=4, batching=batching)
     full = train_run(load_config(data=tiny_config), tmp_path / "full")
 
     class Killed(Exception):
@@ -67,3 +69,40 @@ def test_best_checkpoint_per_task_and_run_files(mini_glue, tiny_config, tmp_path
     result = Run.open(out).evaluate()
     for task, info in best.items():
         assert result["primary"][task] == pytest.approx(info["score"], abs=1e-6)
+
+
+def test_a_mixed_batch_goes_through_the_trunk_once_and_each_example_through_its_own_head(mini_glue, tiny_config,
+                                                                                       tmp_path):
+    """The mixed-batch loss is the mean over the batch's examples of each one's own task loss."""
+    import torch
+
+    from manytask.data.loading import load_tasks
+    from manytask.data.features import collate
+    from manytask.models.encoder import load_encoder, load_tokenizer
+    from manytask.runs import build_model, featurize
+    from manytask.training.losses import gold_loss
+    from manytask.training.trainer import Trainer
+
+    tiny_config["model"]["dropout"] = 0.0
+    tiny_config["train"].update(batching="mixed", group_by_length=False)
+    cfg = load_config(data=tiny_config)
+    data, _ = load_tasks(cfg)
+    tok = load_tokenizer(cfg.model.encoder)
+    torch.manual_seed(0)
+    model = build_model(cfg, [d.spec for d in data], load_encoder(cfg.model))
+    feats = featurize(data, tok, cfg.model.max_seq_length)
+    trainer = Trainer(model, feats, cfg.train, tmp_path, cfg.seed, tok.pad_token_id)
+    mixed = [s for s in trainer.plan.steps if len(s) >= 3]
+    assert mixed, "the plan should hold batches with several tasks"
+    step = mixed[0]
+    model.eval()
+    loss, per_task = trainer._step_loss(step)
+    by_name = {f.spec.name: f for f in feats}
+    want, n = 0.0, sum(len(i) for i in step.values())
+    for task, idx in step.items():
+        b = collate(by_name[task].train, idx, tok.pad_token_id)
+        logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], tasks=[task])[task]
+        own = gold_loss(by_name[task].spec, logits, b["labels"])
+        assert per_task[task] == pytest.approx(own.item(), abs=1e-5), task
+        want += own.item() * len(idx) / n
+    assert loss.item() == pytest.approx(want, abs=1e-5)

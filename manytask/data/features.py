@@ -40,19 +40,38 @@ def encode(examples: Sequence[Example], spec: TaskSpec, tokenizer: PreTrainedTok
     return Features([e.id for e in examples], enc["input_ids"], enc["token_type_ids"], labels)
 
 
-def collate(features: Features, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """A padded batch: as long as its longest member, not as long as max_length."""
-    width = max(len(features.input_ids[i]) for i in indices)
-    n = len(indices)
+def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in rows)
+    n = len(rows)
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     token_type = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        ids = features.input_ids[i]
+    for row, (ids, types) in enumerate(rows):
         input_ids[row, : len(ids)] = torch.tensor(ids)
-        token_type[row, : len(ids)] = torch.tensor(features.token_type_ids[i])
+        token_type[row, : len(ids)] = torch.tensor(types)
         mask[row, : len(ids)] = 1
-    batch = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}
+    return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}
+
+
+def collate(features: Features, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """A padded batch: as long as its longest member, not as long as max_length."""
+    batch = _pad([(features.input_ids[i], features.token_type_ids[i]) for i in indices], pad_id)
     if features.labels is not None:
         batch["labels"] = torch.tensor([features.labels[i] for i in indices])
     return batch
+
+
+def collate_mixed(parts: dict[str, tuple[Features, Sequence[int]]], pad_id: int) -> tuple[dict, dict[str, dict]]:
+    """One padded batch over several tasks' examples, and per task its rows, labels and example indices.
+
+    Task t's examples occupy a contiguous block of rows, in the order of ``parts``.
+    """
+    rows, per_task, start = [], {}, 0
+    for task, (features, indices) in parts.items():
+        rows.extend((features.input_ids[i], features.token_type_ids[i]) for i in indices)
+        sub = {"rows": torch.arange(start, start + len(indices)), "index": torch.tensor(list(indices))}
+        if features.labels is not None:
+            sub["labels"] = torch.tensor([features.labels[i] for i in indices])
+        per_task[task] = sub
+        start += len(indices)
+    return _pad(rows, pad_id), per_task

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import field_validator, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 
-from manytask.config import ModelConfig, TaskEntry, TrainConfig, load_model
+from manytask.config import ModelConfig, TaskEntry, TrainConfig, _first_error, load_model
 from manytask.tasks import StrictModel
 
 
@@ -23,6 +23,8 @@ class Recipe(StrictModel):
     student: Literal["single", "multi", "finetune"]  # one model per task, one model for all, or per-task fine-tuning
     teacher: Optional[str] = None  # recipe whose predictions the student learns from
     init: Optional[str] = None  # finetune: recipe whose model is fine-tuned on each task
+    init_checkpoint: Literal["last", "best"] = "last"  # finetune: the trained model, or the task's best dev checkpoint
+    train: dict[str, Any] = {}  # overrides of the student kind's training settings, e.g. {batching: mixed}
     schedule: Literal["linear", "constant"] = "linear"  # teacher annealing, or a constant lambda
     lam: float = 0.0
     temperature: Optional[float] = None  # default: the study's distill.temperature
@@ -35,12 +37,23 @@ class Recipe(StrictModel):
             raise ValueError(f"recipe {self.name!r}: 'init' is for finetune students only")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"recipe {self.name!r}: lam must be between 0 and 1")
+        try:
+            TrainConfig.model_validate({**TrainConfig().model_dump(), **self.train})
+        except ValidationError as e:
+            raise ValueError(f"recipe {self.name!r}: train: {_first_error(e)}") from None
         return self
+
+    def training(self, base: TrainConfig) -> TrainConfig:
+        """The student kind's training settings with this recipe's overrides."""
+        return TrainConfig.model_validate({**base.model_dump(), **self.train})
 
     @property
     def slug(self) -> str:
         s = self.name.replace("→", "-to-").replace("+", "-plus-").replace("λ", "lambda")
         return re.sub(r"[^A-Za-z0-9._-]+", "", s.replace(" ", "-")).strip("-").lower() or "recipe"
+
+
+FINETUNE_LR = 1e-5
 
 
 class StudyDistill(StrictModel):
@@ -57,7 +70,9 @@ class StudyConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     single: TrainConfig = TrainConfig()
     multi: TrainConfig = TrainConfig(layerwise_lr_decay=0.9)
-    finetune: TrainConfig = TrainConfig(lr=1e-5, epochs=1)
+    # per-task fine-tuning after multi-task training: the single-task settings with lr 1e-5 (BAM §5),
+    # unless keys given here say otherwise
+    finetune: Optional[TrainConfig] = None
     distill: StudyDistill = StudyDistill()
     recipes: list[Recipe]
     baselines: list[str] = ["Single", "Multi"]  # each recipe is compared with these, paired by seed
@@ -70,6 +85,12 @@ class StudyConfig(StrictModel):
         if not v or len(set(v)) != len(v):
             raise ValueError("give one or more distinct seeds")
         return v
+
+    @model_validator(mode="after")
+    def _finetune_from_single(self) -> "StudyConfig":
+        given = self.finetune.model_dump(include=self.finetune.model_fields_set) if self.finetune else {}
+        self.finetune = TrainConfig.model_validate({**self.single.model_dump(), "lr": FINETUNE_LR, **given})
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> "StudyConfig":

@@ -62,7 +62,8 @@ class Study:
         if done.exists():
             return json.loads(done.read_text())
         log.info("seed %d: recipe %s", seed, recipe.name)
-        train = {"single": self.cfg.single, "multi": self.cfg.multi, "finetune": self.cfg.finetune}[recipe.student]
+        kind = {"single": self.cfg.single, "multi": self.cfg.multi, "finetune": self.cfg.finetune}[recipe.student]
+        train = recipe.training(kind)
         distill = None
         if recipe.teacher:
             store = self.targets(seed, self.cfg.recipe(recipe.teacher))
@@ -77,6 +78,7 @@ class Study:
             if recipe.init:
                 source = run_dirs(self.out, seed, self.cfg.recipe(recipe.init), names)[names[0]]
                 cfg.model.init_from = str(source.resolve())
+                cfg.model.init_checkpoint = recipe.init_checkpoint
             if recipe.name == self.cfg.trace and seed == self.cfg.seeds[0]:
                 cfg.train.evals = self.cfg.trace_evals
             run_dir = dirs[names[0]]

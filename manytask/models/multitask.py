@@ -115,8 +115,13 @@ class MultiTaskModel(nn.Module):
         attention_mask: torch.Tensor,
         token_type_ids: Optional[torch.Tensor] = None,
         tasks: Optional[Iterable[str]] = None,
+        rows: Optional[dict[str, torch.Tensor]] = None,
     ) -> dict[str, torch.Tensor]:
-        """Logits per task. The trunk runs once, only as deep as the tasks asked for need."""
+        """Logits per task. The trunk runs once, only as deep as the tasks asked for need.
+
+        ``rows`` (task -> row indices) runs a task's branch and head on those rows only: a batch
+        that mixes tasks goes through the trunk once, and each example through its own task.
+        """
         names = list(tasks) if tasks is not None else self.task_names
         unknown = [n for n in names if n not in self.heads]
         if unknown:
@@ -132,9 +137,13 @@ class MultiTaskModel(nn.Module):
         pool = POOLERS[self.pooling]
         out = {}
         for n in names:
-            h = states[self.split_depth[n]]
+            h, m, am = states[self.split_depth[n]], mask, attention_mask
+            if rows is not None and n in rows:
+                r = rows[n]
+                h, am = h[r], attention_mask[r]
+                m = mask[r] if isinstance(mask, torch.Tensor) else mask
             if n in self.branches:
                 for layer in self.branches[n]:
-                    h = layer(h, mask)
-            out[n] = self.heads[n](pool(h, attention_mask))
+                    h = layer(h, m)
+            out[n] = self.heads[n](pool(h, am))
         return out

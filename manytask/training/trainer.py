@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from manytask.config import TrainConfig
-from manytask.data.features import Features, collate
+from manytask.data.features import Features, collate, collate_mixed
 from manytask.data.samplers import Plan, batches_per_epoch, make_plan
 from manytask.evaluation.predict import autocast, evaluate_task, summarize
 from manytask.models.multitask import MultiTaskModel
@@ -81,10 +81,11 @@ class Trainer:
         empty = [n for n, s in sizes.items() if s == 0]
         if empty:
             raise ValueError(f"no training examples for task(s): {', '.join(empty)}")
-        self.total_steps = self.cfg.steps or max(1, math.ceil(self.cfg.epochs * batches_per_epoch(sizes, self.cfg.batch_size)))
+        per_epoch = batches_per_epoch(sizes, self.cfg.batch_size, self.cfg.batching)
+        self.total_steps = self.cfg.steps or max(1, math.ceil(self.cfg.epochs * per_epoch))
         self.plan: Plan = make_plan(
             {n: t.train.lengths for n, t in self.by_name.items()}, self.cfg.batch_size, self.total_steps,
-            self.cfg.sampling, self.seed, self.cfg.group_by_length,
+            self.cfg.sampling, self.seed, self.cfg.group_by_length, self.cfg.batching,
         )
         self.optimizer, self.scheduler = make_optimizer(
             self.model, self.cfg.lr, self.cfg.layerwise_lr_decay, self.cfg.weight_decay,
@@ -162,27 +163,53 @@ class Trainer:
         return improved
 
     # ---- the loop ---------------------------------------------------------------------------
+    def _step_loss(self, step: dict[str, list[int]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one step, and each task's own loss for the log.
+
+        One task: its loss times its weight. Several (mixed batching): the trunk runs once over the
+        whole batch, each example goes through its own task's head, and the loss is the mean over
+        the batch's examples: sum over tasks of weight * n_task / n * (the task's mean loss).
+        """
+        progress = self.step / self.total_steps
+        if len(step) == 1:
+            (task_name, idx), = step.items()
+            t = self.by_name[task_name]
+            batch = collate(t.train, idx, self.pad_id)
+            batch["index"] = torch.tensor(idx)
+            with autocast(self.cfg.precision):
+                logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                    tasks=[task_name])[task_name]
+            task_loss = self.loss_fn(t.spec, logits, batch, progress)
+            return task_loss * t.loss_weight, {task_name: task_loss.item()}
+        inputs, per_task = collate_mixed({n: (self.by_name[n].train, idx) for n, idx in step.items()}, self.pad_id)
+        with autocast(self.cfg.precision):
+            logits = self.model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"],
+                                tasks=list(step), rows={n: b["rows"] for n, b in per_task.items()})
+        total = sum(len(idx) for idx in step.values())
+        loss, logged = torch.zeros(()), {}
+        for n, sub in per_task.items():
+            t = self.by_name[n]
+            task_loss = self.loss_fn(t.spec, logits[n], sub, progress)
+            logged[n] = task_loss.item()
+            loss = loss + task_loss * t.loss_weight * (len(sub["index"]) / total)
+        return loss, logged
+
     def train(self) -> dict:
         if self.step == 0:
             self._emit("plan", {"total_steps": self.total_steps, "draws": self.plan.draws(),
-                                "sampling": self.cfg.sampling.model_dump()})
+                                "sampling": self.cfg.sampling.model_dump(),
+                                "batching": self.cfg.batching})
         self.model.train()
         running: dict[str, list[float]] = {}
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress, desc="train",
                    dynamic_ncols=True)
         last_eval: Optional[dict] = None
         while self.step < self.total_steps:
-            task_name, idx = self.plan.steps[self.step]
-            t = self.by_name[task_name]
-            batch = collate(t.train, idx, self.pad_id)
-            batch["index"] = torch.tensor(idx)
+            step = self.plan.steps[self.step]
             start = time.perf_counter()
-            with autocast(self.cfg.precision):
-                logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                    tasks=[task_name])[task_name]
-            loss = self.loss_fn(t.spec, logits, batch, self.step / self.total_steps) * t.loss_weight
+            loss, per_task = self._step_loss(step)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"step {self.step}, task {task_name}: loss is {loss.item()}")
+                raise FloatingPointError(f"step {self.step}, task(s) {', '.join(step)}: loss is {loss.item()}")
             loss.backward()
             if self.cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -190,10 +217,11 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.train_seconds += time.perf_counter() - start
-            self.train_examples += len(idx)
+            self.train_examples += sum(len(idx) for idx in step.values())
             self.step += 1
             bar.update(1)
-            running.setdefault(task_name, []).append(loss.item())
+            for task_name, value in per_task.items():
+                running.setdefault(task_name, []).append(value)
             if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
                 losses = {k: float(np.mean(v)) for k, v in running.items()}
                 bar.set_postfix(loss=f"{np.mean([l for v in running.values() for l in v]):.4f}")
