@@ -121,7 +121,7 @@ def predict(
     except (KeyError, DataError, FileNotFoundError) as e:
         _fail(str(e.args[0]) if isinstance(e, KeyError) else str(e))
         return
-    typer.echo(f"wrote {n} predictions to {output}")
+    typer.echo(f"wrote {n} predictions to {output}: one per record of {input} ({n} records)")
 
 
 @app.command()
@@ -130,19 +130,20 @@ def submit(
     out: Path = typer.Option(..., "--out", "-o", help="directory for the GLUE leaderboard files"),
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
-    """Write GLUE leaderboard files (CoLA.tsv, ..., AX.tsv) for the tasks the run has."""
+    """Write test-set predictions: GLUE leaderboard files (CoLA.tsv, ..., AX.tsv) and <task>.tsv for user tasks."""
     _setup(glue_dir)
+    from manytask.data.readers import DataError
     from manytask.evaluation.submit import write_submission
     from manytask.runs import Run
 
     try:
         written, notes = write_submission(Run.open(run_dir), out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DataError) as e:
         _fail(str(e))
         return
     for n in notes:
         typer.echo(f"note: {n}")
-    typer.echo(f"wrote {', '.join(written) or 'nothing'} to {out}")
+    typer.echo(f"wrote {', '.join(written)} to {out}" if written else f"wrote nothing to {out}: see the notes above")
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import PrivateAttr, ValidationError, field_validator, model_validator
 
 from manytask.tasks import Field, SplitSpec, StrictModel, TaskSpec, glue_task
 
@@ -53,7 +53,9 @@ class TaskEntry(StrictModel):
     splits: Optional[dict[str, SplitSpec]] = None
     format: Optional[Literal["tsv", "csv", "jsonl"]] = None
     header: bool = True
-    quoting: bool = True
+    quoting: Optional[bool] = None  # default by format: CSV honours quotes, TSV does not (as GLUE needs)
+    multiline: bool = False  # with quoting on: allow a quoted field to run over several lines
+    encoding: str = "utf-8"
     text_fields: Optional[list[Field]] = None
     label_field: Optional[Field] = None
     id_field: Optional[Field] = None
@@ -61,11 +63,26 @@ class TaskEntry(StrictModel):
     label_range: Optional[tuple[float, float]] = None
     metrics: Optional[list[str]] = None
     primary_metric: Optional[str] = None
+    _given_name: str = PrivateAttr(default="")  # as written in the config, for messages
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _glue_name(self) -> "TaskEntry":
+        """A GLUE task is named canonically (``SST-2`` -> ``sst2``), so every key by task name matches."""
+        self._given_name = self.name
+        if self.kind is None:
+            spec = glue_task(self.name)
+            if spec is not None:
+                self.name = spec.name
+        return self
+
+    @property
+    def is_glue(self) -> bool:
+        return self.kind is None and glue_task(self.name) is not None
 
     @field_validator("max_train", "max_eval")
     @classmethod
@@ -82,8 +99,7 @@ class TaskEntry(StrictModel):
         return v
 
     def resolve(self, base_dir: Path) -> TaskSpec:
-        """The full TaskSpec: GLUE's declaration, or this entry's user-task fields."""
-        user_fields = ("train", "dev", "test", "splits", "text_fields", "label_field", "labels", "label_range")
+        """The full TaskSpec: GLUE's declaration (with the scoring keys it allows), or this entry's user task."""
         if self.kind is None:
             spec = glue_task(self.name)
             if spec is None:
@@ -91,10 +107,18 @@ class TaskEntry(StrictModel):
                     f"unknown task {self.name!r}: not a GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli) "
                     "and no 'kind' given for a user task"
                 )
-            given = [k for k in user_fields if getattr(self, k) is not None]
+            # a key set to anything but its default (a saved config repeats the defaults, so "given" won't do)
+            given = [k for k in USER_TASK_KEYS if getattr(self, k) != type(self).model_fields[k].default]
             if given:
-                raise ConfigError(f"task {self.name!r} is a GLUE task: {', '.join(given)} cannot be set (give 'kind' for a user task)")
-            return spec
+                raise ConfigError(f"task {self.name!r} is a GLUE task: {', '.join(given)} cannot be set "
+                                  f"(a GLUE entry takes {', '.join(GLUE_ENTRY_KEYS)}; give 'kind' for a user task)")
+            update = {k: getattr(self, k) for k in ("metrics", "primary_metric", "display") if getattr(self, k) is not None}
+            if not update:
+                return spec
+            try:
+                return TaskSpec.model_validate({**spec.model_dump(), **update})
+            except ValidationError as e:
+                raise ConfigError(first_error(e)) from None
         splits = dict(self.splits or {})
         for role in ("train", "dev", "test"):
             path = getattr(self, role)
@@ -109,12 +133,38 @@ class TaskEntry(StrictModel):
         try:
             return TaskSpec(
                 name=self.name, display=self.display, kind=self.kind, splits=splits, format=self.format,
-                quoting=self.quoting, text_fields=self.text_fields or [], label_field=self.label_field,
+                quoting=self.quoting, multiline=self.multiline, encoding=self.encoding,
+                text_fields=self.text_fields or [], label_field=self.label_field,
                 id_field=self.id_field, labels=self.labels, label_range=self.label_range,
                 metrics=self.metrics or default_metrics, primary_metric=self.primary_metric,
             )
         except ValidationError as e:
-            raise ConfigError(f"task {self.name!r}: {_first_error(e)}") from None
+            raise ConfigError(f"task {self.name!r}: {first_error(e)}") from None
+
+
+# what a GLUE task entry may set beside its name: run options and how it is scored; the rest is GLUE's
+GLUE_ENTRY_KEYS = ("max_train", "max_eval", "resplit", "branch_layers", "split_depth", "loss_weight", "metrics",
+                   "primary_metric", "display")
+USER_TASK_KEYS = ("train", "dev", "test", "splits", "format", "header", "quoting", "multiline", "encoding",
+                  "text_fields", "label_field", "id_field", "labels", "label_range")
+
+
+def check_task_entries(entries: list[TaskEntry]) -> list[TaskEntry]:
+    """One entry per task: a GLUE name in any spelling, or a user task whose name differs only in case,
+    is the same task twice (runs, targets and bundles are keyed by the name)."""
+    if not entries:
+        raise ValueError("name at least one task")
+    seen: dict[str, tuple[int, TaskEntry]] = {}
+    for i, e in enumerate(entries):
+        key = e.name.lower()
+        if key in seen:
+            j, first = seen[key]
+            def what(n, x):
+                return f"tasks[{n}] ({x._given_name or x.name!r}, {'GLUE' if x.is_glue else 'user task'})"
+            raise ValueError(f"{what(j, first)} and {what(i, e)} are the same task {e.name.lower()!r}: "
+                             "rename the user task or drop one entry")
+        seen[key] = (i, e)
+    return entries
 
 
 class RandomEncoder(StrictModel):
@@ -130,7 +180,7 @@ class ModelConfig(StrictModel):
     encoder: str = "default"  # "default" = packaged all-MiniLM-L6-v2; else a local directory or hub name
     random_init: Optional[RandomEncoder] = None  # keep the encoder's tokenizer, but a fresh random model
     max_seq_length: int = 128
-    pooling: Literal["cls", "mean"] = "cls"
+    pooling: Literal["cls", "mean", "pooler"] = "cls"  # pooler: BERT's pretrained dense + tanh over [CLS]
     dropout: float = 0.1
     freeze_trunk: bool = False
     init_from: Optional[str] = None  # a run directory: start from its weights
@@ -212,24 +262,18 @@ class RunConfig(StrictModel):
 
     @field_validator("tasks")
     @classmethod
-    def _some_tasks(cls, v: list[TaskEntry]) -> list[TaskEntry]:
-        if not v:
-            raise ValueError("name at least one task")
-        names = [t.name for t in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"task named twice: {', '.join(dupes)}")
-        return v
+    def _one_entry_per_task(cls, v: list[TaskEntry]) -> list[TaskEntry]:
+        return check_task_entries(v)
 
     def resolved_glue_dir(self) -> Path:
         return Path(self.glue_dir or os.environ.get("MANYTASK_GLUE_DIR") or "data/glue")
 
 
-def _first_error(e: ValidationError) -> str:
+def first_error(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         parts.append(f"{loc}: {msg}" if loc else msg)
@@ -283,7 +327,7 @@ def load_model(cls, path: Union[str, Path], overrides: Optional[list[str]] = Non
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{path}: {_first_error(e)}") from None
+        raise ConfigError(f"{path}: {first_error(e)}") from None
 
 
 def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[str]] = None, data: Optional[dict] = None) -> RunConfig:
@@ -299,7 +343,7 @@ def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[st
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_first_error(e)}") from None
+        raise ConfigError(f"{source}: {first_error(e)}") from None
     _absolutize_user_files(cfg, Path.cwd())
     return cfg
 

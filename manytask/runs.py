@@ -62,6 +62,17 @@ def init_weights(model: MultiTaskModel, source: Path, tasks: list[str], which: s
     return weights
 
 
+def initial_model(cfg: RunConfig, specs=None) -> MultiTaskModel:
+    """The model a run starts training from: the encoder (pretrained, or random), the branches and
+    heads, then ``model.init_from``'s weights where the config names a source run."""
+    specs = specs if specs is not None else [t.resolve(Path.cwd()) for t in cfg.tasks]
+    seed_everything(cfg.seed)
+    model = build_model(cfg, specs, load_encoder(cfg.model))
+    if cfg.model.init_from:
+        init_weights(model, Path(cfg.model.init_from), [s.name for s in specs], cfg.model.init_checkpoint)
+    return model
+
+
 def featurize(data: list[TaskData], tokenizer, max_len: int) -> list[TaskFeatures]:
     return [
         TaskFeatures(
@@ -111,15 +122,15 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
         for note in d.notes:
             log.info(note)
     tokenizer = load_tokenizer(cfg.model.encoder)
-    encoder = load_encoder(cfg.model)
-    model = build_model(cfg, [d.spec for d in data], encoder)
+    resuming = (out / "checkpoints" / "last.json").exists()
+    # a resumed run loads its own checkpoint: no need to read init_from's weights again
+    model = initial_model(cfg if not resuming else cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"init_from": None})}), [d.spec for d in data])
     feats = featurize(data, tokenizer, cfg.model.max_seq_length)
     if not saved.exists():
-        save_encoder_files(encoder, tokenizer, out / "encoder")
+        save_encoder_files(model.encoder, tokenizer, out / "encoder")
         atomic_write_json(out / "data.json", data_summary(data, skipped))
         atomic_write_text(saved, dump_config(cfg))
-    if cfg.model.init_from and not (out / "checkpoints" / "last.json").exists():
-        init_weights(model, Path(cfg.model.init_from), [d.name for d in data], cfg.model.init_checkpoint)
     loss_fn = default_loss
     if cfg.distill is not None:
         from manytask.distill.teacher import TeacherLoss
@@ -175,7 +186,8 @@ class Run:
             if info is None:
                 raise FileNotFoundError(f"{self.path}: no checkpoint")
             weights = ckpt.root / info["weights"]
-        model = build_model(self.cfg, self.specs(), encoder_from_dir(self.path / "encoder", self.cfg.model.dropout))
+        model = build_model(self.cfg, self.specs(), encoder_from_dir(self.path / "encoder", self.cfg.model.dropout,
+                                                                       pooler=self.cfg.model.pooling == "pooler"))
         load_weights(weights, model)
         return model.eval()
 

@@ -49,7 +49,9 @@ class TaskSpec(StrictModel):
     primary_metric: Optional[str] = None
     splits: dict[str, SplitSpec]
     format: Optional[Literal["tsv", "csv", "jsonl"]] = None
-    quoting: bool = True
+    quoting: Optional[bool] = None  # None: by format (CSV honours quotes, TSV does not)
+    multiline: bool = False  # with quoting: may a quoted field run over several lines?
+    encoding: str = "utf-8"
     root: Optional[str] = None  # directory that split paths are relative to
     glue: bool = False  # GLUE task: root is resolved against the GLUE directory
     in_average: bool = True  # WNLI is left out of the GLUE average, as BAM does
@@ -74,11 +76,20 @@ class TaskSpec(StrictModel):
             lo, hi = self.label_range
             if not hi > lo:
                 raise ValueError(f"task {self.name!r}: label_range must be [low, high] with high > low")
-        from manytask.evaluation.metrics import METRICS  # late: metrics imports nothing from here
+        from manytask.evaluation.metrics import METRICS_BY_KIND  # late: metrics imports nothing from here
 
+        known = METRICS_BY_KIND[self.kind]
         for m in self.metrics + ([self.primary_metric] if self.primary_metric else []):
-            if m not in METRICS:
-                raise ValueError(f"task {self.name!r}: unknown metric {m!r} (known: {', '.join(sorted(METRICS))})")
+            if m not in known:
+                raise ValueError(f"task {self.name!r}: {m!r} is not a {self.kind} metric (known: {', '.join(known)})")
+        if self.primary_metric and self.primary_metric not in self.metrics:
+            self.metrics = [*self.metrics, self.primary_metric]
+        import codecs
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"task {self.name!r}: unknown encoding {self.encoding!r}") from None
         return self
 
     @property

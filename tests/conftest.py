@@ -83,13 +83,13 @@ FLEX_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flex_debug.yaml
 @pytest.fixture(scope="session")
 def flex_run(tmp_path_factory):
     """The flex pipeline at debug scale (tiny random 4-layer BERT, 3 tasks), run once per session:
-    full fine-tuning, partial k in {1, 3}, KD of the 3-layer branch into 1 layer, a mixed bundle."""
+    full fine-tuning, partial k in {2, 3}, KD of the best-k branch into 1 layer, a mixed bundle."""
     from manytask.flex.config import load_flex
     from manytask.flex.pipeline import run_flex
 
     base = tmp_path_factory.mktemp("flex")
     glue = write_mini_glue(base / "glue")
-    cfg = load_flex(FLEX_CONFIG, [f"glue_dir={glue}", "search.ks=[1, 3]", "compress.to=[1]", "mixed.delta=0.0"])
+    cfg = load_flex(FLEX_CONFIG, [f"glue_dir={glue}", "search.ks=[2, 3]", "compress.to=[1]", "mixed.delta=0.0"])
     out = base / "run"
     result = run_flex(cfg, out)
     return cfg, out, result

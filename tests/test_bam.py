@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from manytask.cli import app
-from manytask.config import ConfigError, load_config
+from manytask.config import ConfigError, SamplingConfig, load_config
+from manytask.data.samplers import make_plan
 from manytask.distill.recipes import Recipe, load_study
 from manytask.distill.store import TargetError, TeacherTargets, targets_path
 from manytask.distill.study import prepare, recipe_dir, run_study
@@ -172,17 +173,45 @@ def test_teachers_write_targets_that_cover_their_students(study):
     assert len(t.ids) == ids and t.teacher["recipe"] == "Single" and t.logits.shape == (ids, 1)
 
 
-def test_annealing_is_applied_at_start_middle_and_end(study):
-    cfg, out = study
-    logs = [e for e in _log(recipe_dir(out, 1, cfg.recipe("S→M")) / "run") if e["event"] == "log"]
-    total = next(e for e in _log(recipe_dir(out, 1, cfg.recipe("S→M")) / "run") if e["event"] == "plan")["total_steps"]
-    lam = {e["step"]: e["lambda"] for e in logs}
-    assert lam[1] == 0.0  # the first step learns from the teacher only
-    assert lam[total // 2 + 1] == pytest.approx(0.5, abs=1 / total)
-    assert lam[total] == pytest.approx((total - 1) / total)  # the last step is (almost) all gold
-    constant = [e["lambda"] for e in _log(recipe_dir(out, 1, cfg.recipe("S→M (λ=0)")) / "run") if e["event"] == "log"]
-    assert set(constant) == {0.0}
-    assert all("lambda" not in e for e in _log(recipe_dir(out, 1, cfg.recipe("Multi")) / "run") if e["event"] == "log")
+@pytest.mark.parametrize("schedule, batching", [("linear", "per_task"), ("linear", "mixed"), ("constant", "per_task")])
+def test_the_loss_receives_the_annealed_lambda_at_every_step(mini_glue, tiny_config, tmp_path, monkeypatch,
+                                                              schedule, batching):
+    """Not the logged λ: the λ that the distillation loss is called with, step by step."""
+    import manytask.distill.teacher as teacher_mod
+
+    tasks = [{"name": "sst2", "max_train": 24}, {"name": "stsb", "max_train": 24}]
+    train_run(load_config(data={**tiny_config, "tasks": tasks}), tmp_path / "teacher")
+    teacher_mod.write_targets(tmp_path / "teacher", tmp_path / "store")
+    received: list[tuple[str, float]] = []
+    real = teacher_mod.distill_loss
+
+    def spy(spec, logits, labels, teacher, lam, temperature=1.0):
+        received.append((spec.name, lam))
+        return real(spec, logits, labels, teacher, lam, temperature)
+
+    monkeypatch.setattr(teacher_mod, "distill_loss", spy)
+    steps = 10
+    student = {**tiny_config, "tasks": tasks,
+               "train": {**tiny_config["train"], "steps": steps, "eval_every": None, "batching": batching,
+                         "group_by_length": False},
+               "distill": {"targets": str(tmp_path / "store"), "schedule": schedule, "lam": 0.0}}
+    train_run(load_config(data=student), tmp_path / "student")
+    plan = [json.loads(l) for l in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()][0]
+    assert plan["event"] == "plan" and plan["batching"] == batching
+    expected = [s / steps if schedule == "linear" else 0.0 for s in range(steps)]
+    # one call per task in each step's batch (several in a mixed batch), each with that step's λ; without
+    # length grouping the plan depends only on the sizes, so it can be redrawn here
+    by_step, i = [], 0
+    sizes = {"sst2": 24, "stsb": 24}
+    for step in make_plan({t: [0] * n for t, n in sizes.items()}, 8, steps, SamplingConfig(), tiny_config["seed"],
+                          False, batching).steps:
+        by_step.append([lam for _, lam in received[i:i + len(step)]])
+        i += len(step)
+    assert i == len(received)
+    assert [set(l) for l in by_step] == [{e} for e in expected]
+    if schedule == "linear":
+        assert by_step[0] == [0.0] * len(by_step[0]) and by_step[steps // 2][0] == 0.5
+        assert by_step[-1][0] == pytest.approx((steps - 1) / steps)
 
 
 def test_rounds_and_finetuning_chain_their_recipes(study):
@@ -194,6 +223,9 @@ def test_rounds_and_finetuning_chain_their_recipes(study):
     ft = load_config(recipe_dir(out, 2, cfg.recipe("Multi+FT")) / "mrpc" / "config.yaml")
     assert Path(ft.model.init_from) == (recipe_dir(out, 2, cfg.recipe("Multi")) / "run").resolve()
     assert ft.train.lr == cfg.finetune.lr and len(ft.tasks) == 1
+    assert ft.model.init_checkpoint == "last"
+    mixed = load_config(recipe_dir(out, 1, cfg.recipe("Multi (mixed batches)")) / "run" / "config.yaml")
+    assert mixed.train.batching == "mixed" and mixed.train.lr == cfg.multi.lr
 
 
 def test_finished_stages_are_reused_and_seeds_can_be_added(study):
@@ -217,6 +249,10 @@ def test_a_study_can_gain_recipes_but_not_change_them(study):
         assert [r.name for r in grown.recipes] == [r.name for r in cfg.recipes] + ["M→S"]
         # an older config without the new recipe still resumes the grown study
         assert "M→S" in [r.name for r in prepare(cfg, out).recipes]
+        # what the report tests may change; how runs train may not
+        assert prepare(cfg.model_copy(update={"comparisons": [("S→S", "M→M")]}), out).comparisons == [("S→S", "M→M")]
+        with pytest.raises(ConfigError, match="unknown|not a recipe"):
+            prepare(cfg.model_copy(update={"comparisons": [("S→S", "nope")]}), out)
         altered = [r.model_copy(update={"lam": 0.5}) if r.name == "S→M" else r for r in cfg.recipes]
         with pytest.raises(ConfigError, match="S→M defined otherwise"):
             prepare(cfg.model_copy(update={"recipes": altered}), out)
@@ -224,15 +260,18 @@ def test_a_study_can_gain_recipes_but_not_change_them(study):
         (out / "study.yaml").write_text(saved)
 
 
-def test_report_table_tests_and_plots(study):
+def test_report_of_the_debug_study(study):
+    """The report rebuilt from the runs: every recipe's medians are the medians of its seeds' scores.json."""
     cfg, out = study
     rep = write_report(out)
-    text = (out / "report.md").read_text()
     for r in cfg.recipes:
-        assert f"| {r.name} |" in text
-    assert "Holm–Bonferroni" in text and "S→M vs Single" in text and "Single vs Multi" not in text
-    assert rep["rows"]["Single"]["seeds"] == [1, 2]
-    assert "all-MiniLM-L6-v2" in text and "random init" in text
+        per_seed = [json.loads((recipe_dir(out, s, r) / "scores.json").read_text()) for s in cfg.seeds]
+        avg = sorted(100 * x["average"] for x in per_seed)
+        assert rep["rows"][r.name]["median"]["Avg"]["median"] == pytest.approx(sum(avg) / 2), r.name  # 2 seeds
+    found = {(c["recipe"], c["baseline"]): c["why"] for c in rep["comparisons"]}
+    assert found[("S→M", "S→M (λ=0)")] == "annealing ablation" and ("Single", "Multi") not in found
+    assert rep["headline"]["recipes"] == ["Single", "Multi", "S→M"]
+    assert "all-MiniLM-L6-v2" in rep["markdown"] and "random init" in rep["markdown"]
     for name in ("scores.png", "annealing.png"):
         assert (out / name).stat().st_size > 1000
     result = CliRunner().invoke(app, ["report", str(out)])
@@ -240,19 +279,117 @@ def test_report_table_tests_and_plots(study):
     assert "median over seeds" in result.output
 
 
-def test_finetuning_starts_from_the_multitask_weights(mini_glue, tiny_config, tmp_path):
-    base = {**tiny_config, "tasks": ["sst2", "stsb"]}
+def _checkpoint(run_dir: Path, which: str, task: str = "") -> dict:
+    ckpt = run_dir / "checkpoints"
+    info = json.loads((ckpt / "best.json").read_text())[task] if which == "best" else \
+        json.loads((ckpt / "last.json").read_text())
+    return load_file(str(ckpt / info["weights"]))
+
+
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_finetuning_starts_from_the_multitask_models_weights(mini_glue, tiny_config, tmp_path, which):
+    """By default the trained multi-task model (its last weights, as BAM and MeTaL fine-tune it), not the
+    checkpoint that happened to be best on dev; ``init_checkpoint: best`` takes that one instead."""
+    base = {**tiny_config, "tasks": ["sst2", "stsb"], "train": {**tiny_config["train"], "steps": 12, "eval_every": 3}}
     train_run(load_config(data=base), tmp_path / "multi")
-    ft = {**tiny_config, "tasks": ["stsb"], "model": {**tiny_config["model"], "init_from": str(tmp_path / "multi")},
+    best_step = json.loads((tmp_path / "multi" / "checkpoints" / "best.json").read_text())["stsb"]["step"]
+    ft = {**tiny_config, "tasks": ["stsb"],
+          "model": {**tiny_config["model"], "init_from": str(tmp_path / "multi"), "init_checkpoint": which},
           "train": {**tiny_config["train"], "lr": 0.0, "steps": 2}}  # lr 0: the weights stay the initial ones
     train_run(load_config(data=ft), tmp_path / "ft")
-    best = json.loads((tmp_path / "multi" / "checkpoints" / "best.json").read_text())["stsb"]["weights"]
-    source = load_file(str(tmp_path / "multi" / "checkpoints" / best))
-    info = json.loads((tmp_path / "ft" / "checkpoints" / "last.json").read_text())
-    tuned = load_file(str(tmp_path / "ft" / "checkpoints" / info["weights"]))
+    source = _checkpoint(tmp_path / "multi", which, "stsb")
+    tuned = _checkpoint(tmp_path / "ft", "last")
     assert "heads.sst2.out.weight" in source and "heads.sst2.out.weight" not in tuned
     for k, v in tuned.items():
         assert torch.equal(v, source[k]), k
-    other = {**ft, "model": {**ft["model"], "random_init": {**tiny_config["model"]["random_init"], "hidden_size": 16}}}
+    other = _checkpoint(tmp_path / "multi", "best" if which == "last" else "last", "stsb")
+    if best_step != 12:  # the two checkpoints differ: the fine-tuned run started from the one asked for
+        assert any(not torch.equal(tuned[k], other[k]) for k in tuned)
+    bad = {**ft, "model": {**ft["model"], "random_init": {**tiny_config["model"]["random_init"], "hidden_size": 16}}}
     with pytest.raises(ConfigError, match="does not fit"):
-        train_run(load_config(data=other), tmp_path / "wrong")
+        train_run(load_config(data=bad), tmp_path / "wrong")
+
+
+def test_finetune_settings_are_the_single_task_ones_at_lr_1e_5(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("tasks: [rte]\nsingle: {batch_size: 16, epochs: 3, lr: 1.0e-4}\n"
+                 "recipes: [{name: Single, student: single}, {name: Multi, student: multi}]\n")
+    cfg = load_study(p)
+    assert (cfg.finetune.batch_size, cfg.finetune.epochs, cfg.finetune.lr) == (16, 3.0, 1e-5)
+    p.write_text(p.read_text() + "finetune: {epochs: 1}\n")
+    cfg = load_study(p)
+    assert (cfg.finetune.batch_size, cfg.finetune.epochs, cfg.finetune.lr) == (16, 1.0, 1e-5)
+    again = load_study(p, ["single.lr=2e-4"])  # a saved study reloads to the same settings
+    assert again.finetune == cfg.finetune
+    from manytask.distill.recipes import dump_study
+    (tmp_path / "saved.yaml").write_text(dump_study(cfg))
+    assert load_study(tmp_path / "saved.yaml").finetune == cfg.finetune
+
+
+# ---- the report's numbers, from a hand-made table of scores --------------------------------------------------
+HAND = {  # recipe -> seed -> (sst2, rte) as fractions; Avg = their mean
+    "Single": {1: (0.80, 0.50), 2: (0.82, 0.54), 3: (0.78, 0.52), 4: (0.81, 0.49)},
+    "Multi": {1: (0.81, 0.55), 2: (0.82, 0.57), 3: (0.80, 0.53), 4: (0.83, 0.56)},
+    "S→M": {1: (0.83, 0.56), 2: (0.82, 0.60), 3: (0.82, 0.55), 4: (0.84, 0.57)},
+    "S→M (λ=0)": {1: (0.80, 0.52), 2: (0.81, 0.55), 3: (0.80, 0.50), 4: (0.82, 0.53)},
+}
+
+
+def _hand_study(tmp_path: Path, family: str = "report") -> Path:
+    out = tmp_path / "study"
+    recipes = [{"name": "Single", "student": "single"}, {"name": "Multi", "student": "multi"},
+               {"name": "S→M", "student": "multi", "teacher": "Single"},
+               {"name": "S→M (λ=0)", "student": "multi", "teacher": "Single", "schedule": "constant", "lam": 0.0}]
+    cfg = load_study.__globals__["StudyConfig"].model_validate(
+        {"name": "hand", "seeds": [1, 2, 3, 4], "tasks": ["sst2", "rte"], "recipes": recipes, "holm_family": family})
+    prepare(cfg, out)
+    for r in cfg.recipes:
+        for seed, (a, b) in HAND[r.name].items():
+            d = recipe_dir(out, seed, r)
+            d.mkdir(parents=True)
+            tasks = {"sst2": {"dev": {"accuracy": a, "collapsed": False}}, "rte": {"dev": {"accuracy": b, "collapsed": seed == 4}}}
+            (d / "scores.json").write_text(json.dumps({"tasks": tasks, "primary": {"sst2": a, "rte": b},
+                                                       "average": (a + b) / 2, "runs": {}, "recipe": r.name, "seed": seed}))
+    return out
+
+
+def test_report_medians_differences_and_p_values_by_hand(tmp_path):
+    from manytask.report.bam import build
+    from scipy.stats import t as student_t
+
+    rep = build(_hand_study(tmp_path))
+    # medians of four seeds: the mean of the middle two
+    assert rep["rows"]["Single"]["median"]["sst2"]["median"] == pytest.approx(80.5)
+    assert rep["rows"]["Multi"]["median"]["rte"]["median"] == pytest.approx(55.5)
+    assert rep["rows"]["S→M"]["median"]["Avg"]["median"] == pytest.approx(70.0)  # avgs 69.5, 71, 68.5, 70.5
+    assert rep["rows"]["S→M"]["median"]["Avg"]["half_range"] == pytest.approx(1.25)
+    assert rep["rows"]["Single"]["collapsed"] == {"sst2": 0, "rte": 1}
+    pairs = {(c["recipe"], c["baseline"]): c for c in rep["comparisons"]}
+    assert list(pairs) == [("Multi", "Single"), ("S→M", "Single"), ("S→M (λ=0)", "Single"), ("S→M", "Multi"),
+                           ("S→M (λ=0)", "Multi"), ("S→M", "S→M (λ=0)")]
+    assert pairs[("S→M", "S→M (λ=0)")]["why"] == "annealing ablation"
+    # S→M − Multi on RTE, seeds 1-4: differences 1, 3, 2, 1 points; mean 1.75, sd 0.957, t = 3.656, 3 dof
+    c = pairs[("S→M", "Multi")]
+    d = [1.0, 3.0, 2.0, 1.0]
+    mean = sum(d) / 4
+    sd = (sum((x - mean) ** 2 for x in d) / 3) ** 0.5
+    p = 2 * student_t.sf(mean / (sd / 2), 3)
+    assert c["diff"]["rte"] == pytest.approx(1.75) and c["p"]["rte"] == pytest.approx(p, rel=1e-6)
+    assert c["median_diff"]["Avg"] == pytest.approx(70.0 - 68.75)  # Multi's avgs 68, 69.5, 66.5, 69.5
+    # Holm over the whole report: 6 comparisons x 3 columns = 18 tests; the smallest p is multiplied by 18
+    ps = [(x["p"][k], x["p_holm"][k]) for x in rep["comparisons"] for k in rep["columns"] if not math.isnan(x["p"][k])]
+    smallest = min(ps)
+    assert smallest[1] == pytest.approx(min(1.0, len(ps) * smallest[0]))
+    assert all(q >= p - 1e-12 for p, q in ps)
+    # per comparison: within one comparison's 3 columns
+    per = build(_hand_study(tmp_path / "per", "comparison"))
+    c = next(x for x in per["comparisons"] if (x["recipe"], x["baseline"]) == ("S→M", "Multi"))
+    assert c["p_holm"] == dict(zip(per["columns"], holm([c["p"][k] for k in per["columns"]])))
+    # the headline: Single < Multi < S→M on the medians of Avg (65 < 68.75 < 70), and in every seed
+    h = rep["headline"]
+    assert h["holds_on_medians"] and h["seeds_where_it_holds"] == [1, 2, 3, 4]
+    assert h["steps"]["S→M − Multi"]["median_diff"] == pytest.approx(1.25)
+    from manytask.report.bam import markdown
+
+    md = markdown(rep)
+    assert "| S→M vs S→M (λ=0) | annealing ablation |" in md and "**holds** on the medians" in md

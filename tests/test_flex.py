@@ -14,6 +14,7 @@ from transformers import BertConfig, BertModel
 from typer.testing import CliRunner
 
 from manytask.cli import app
+from manytask.distill.store import TeacherTargets
 from manytask.flex.pipeline import best_partial, select_mixed
 from manytask.models.multitask import MultiTaskModel
 from manytask.report.flex import write_report
@@ -71,14 +72,54 @@ def test_a_compressed_branch_starts_on_the_teachers_split_with_its_bottom_layers
 
 
 def test_selection_rules():
-    v = {"kd-1": {"score": 0.800, "layers": 1}, "kd-2": {"score": 0.806, "layers": 2},
-         "partial-1": {"score": 0.79, "layers": 1}, "partial-2": {"score": 0.81, "layers": 2},
-         "partial-3": {"score": 0.81, "layers": 3}}
-    ladder = ["kd-1", "kd-2", "partial-3"]
-    assert select_mixed(v, ladder, 0.5) == "kd-2"  # +0.6 kept, then +0.4 < 0.5 stops
-    assert select_mixed(v, ladder, 1.0) == "kd-1"
-    assert select_mixed(v, ladder, 0.0) == "partial-3"
-    assert best_partial(v) == "partial-2"  # best score, fewer layers on a tie
+    v = {"kd-1": {"score": 0.800, "layers": 1}, "kd-2": {"score": 0.796, "layers": 2},
+         "kd-3": {"score": 0.815, "layers": 3}, "partial-4": {"score": 0.822, "layers": 4},
+         "partial-1": {"score": 0.79, "layers": 1}, "partial-2": {"score": 0.81, "layers": 2}}
+    ladder = ["kd-1", "kd-2", "kd-3", "partial-4"]
+    # per layer (the paper): KD-2 dips, but KD-3 gains 1.5 points over KD-1 in 2 layers, 0.75 a layer;
+    # then the teacher adds 0.7 in one more layer
+    assert select_mixed(v, ladder, 0.5) == "partial-4"
+    assert select_mixed(v, ladder, 0.72) == "kd-3"
+    assert select_mixed(v, ladder, 0.8) == "kd-1"  # nothing above KD-1 gains 0.8 a layer (KD-3: 0.75, teacher: 0.73)
+    assert select_mixed(v, ladder, 0.0) == "partial-4"
+    # the earlier rule stops at the first rung that gains less than delta: the dip at KD-2
+    assert select_mixed(v, ladder, 0.5, rule="next_step") == "kd-1"
+    with pytest.raises(ValueError, match="unknown mixed-selection rule"):
+        select_mixed(v, ladder, 0.5, rule="greedy")
+    assert best_partial({**v, "partial-3": {"score": 0.822, "layers": 3}}) == "partial-3"  # fewer layers on a tie
+
+
+PAPER = Path(__file__).resolve().parents[2] / "shared" / "papers" / "flexible_multitask_tables.json"
+
+
+@pytest.mark.skipif(not PAPER.exists(), reason="needs ../shared/papers/flexible_multitask_tables.json")
+def test_selection_reproduces_the_papers_mixed_rows_and_overheads():
+    """Wei et al. 2022, Table 1 (partial fine-tuning by k) and Table 2 (KD-1..3) fed to our selection give
+    the paper's w/o-KD row (67 layers) and its three mixed rows (33, 20 and 18 layers) exactly."""
+    from manytask.report.flex import layers_per_input
+
+    paper = json.loads(PAPER.read_text())
+    L, tasks = 12, paper["tasks"]
+    mixed_rows = {}
+    w_o_kd = []
+    for i, task in enumerate(tasks):
+        variants = {f"partial-{k}": {"score": paper["partial_finetuning_by_k"][str(k)][i] / 100, "layers": k}
+                    for k in range(4, 11)}
+        teacher = best_partial(variants)  # k_t: best k in [4, 10], fewest layers on a tie
+        k_t = variants[teacher]["layers"]
+        w_o_kd.append((variants[teacher]["score"], L - k_t, k_t))
+        for n in (1, 2, 3):
+            variants[f"kd-{n}"] = {"score": paper["kd"][str(n)]["scores"][i] / 100, "layers": n}
+        ladder = [f"kd-{n}" for n in (1, 2, 3) if n < k_t] + [teacher]
+        for delta in (1, 2, 3):
+            chosen = select_mixed(variants, ladder, delta)
+            mixed_rows.setdefault(delta, []).append((variants[chosen]["score"], L - k_t, variants[chosen]["layers"]))
+    assert [round(100 * s, 1) for s, _, _ in w_o_kd] == paper["without_kd"]["scores"]
+    assert layers_per_input([(split, k) for _, split, k in w_o_kd]) == paper["without_kd"]["layers"] == 67
+    for delta, row in zip((1, 2, 3), paper["mixed"]["rows"]):
+        assert [round(100 * s, 1) for s, _, _ in mixed_rows[delta]] == row["scores"], delta
+        assert layers_per_input([(split, n) for _, split, n in mixed_rows[delta]]) == row["layers"], delta
+        assert round(sum(100 * s for s, _, _ in mixed_rows[delta]) / len(tasks), 1) == row["avg"], delta
 
 
 def test_hinton_loss_by_hand():
@@ -103,20 +144,48 @@ def test_pipeline_runs_every_variant_and_keeps_the_trunk_frozen(flex_run):
     cfg, out, result = flex_run
     L = result["encoder_layers"]
     assert L == 4 and set(result["tasks"]) == {"sst2", "stsb", "mrpc"}
+    teachers = set()
     for task, sel in result["tasks"].items():
         v = sel["variants"]
-        assert set(v) == {"full", "partial-1", "partial-3", "kd-1"}
-        assert (v["partial-1"]["split_depth"], v["partial-3"]["split_depth"], v["kd-1"]["split_depth"]) == (3, 1, 1)
-        assert sel["selected"]["mixed"] in ("kd-1", "partial-3")
+        assert set(v) == {"full", "partial-2", "partial-3", "kd-1"}
+        # the teacher is the selected partial fine-tuning (best k on dev), and KD-1 sits on its split depth
+        teacher = best_partial(v)
+        teachers.add(teacher)
+        k_t = v[teacher]["layers"]
+        assert sel["teacher"] == teacher == sel["selected"]["partial"]
+        assert (v["partial-2"]["split_depth"], v["partial-3"]["split_depth"], v["kd-1"]["split_depth"]) == (2, 1, L - k_t)
+        assert sel["ladder"] == ["kd-1", teacher]
+        assert sel["selected"]["mixed"] == select_mixed(v, sel["ladder"], cfg.mixed.delta, cfg.mixed.rule)
         kd_cfg = Run.open(out / v["kd-1"]["run"]).cfg
         assert kd_cfg.distill.style == "hinton" and kd_cfg.distill.temperature == 2.0
-        assert Path(kd_cfg.model.init_from) == (out / task / "partial-k3").resolve()
+        assert Path(kd_cfg.model.init_from) == (out / task / f"partial-k{k_t}").resolve()
+        assert kd_cfg.model.init_checkpoint == "best"
+        targets = TeacherTargets.load(out / task / f"partial-k{k_t}" / "targets" / f"{task}.safetensors")
+        assert targets.teacher["layers"] == k_t and targets.teacher["checkpoint"] == "best"
     # every partial and KD run leaves the trunk as it was: one trunk hash across them, another for full
     hashes = {bundle_mod.tensors_hash(bundle_mod.trunk_tensors(Run.open(out / t / r).model_for(t).state_dict()))
-              for t in result["tasks"] for r in ("partial-k1", "partial-k3", "kd-1")}
+              for t in result["tasks"] for r in ("partial-k2", "partial-k3", "kd-1")}
     assert len(hashes) == 1
     full = Run.open(out / "sst2" / "full").model_for("sst2").state_dict()
     assert bundle_mod.tensors_hash(bundle_mod.trunk_tensors(full)) not in hashes
+
+
+def test_the_student_starts_from_the_teacher_branchs_bottom_layers(flex_run):
+    """The KD student's initial weights are exactly the teacher's trunk, and the teacher branch's bottom
+    layers from the checkpoint the teacher was scored with (built by the code path training uses)."""
+    from manytask.runs import initial_model
+
+    _, out, result = flex_run
+    for task, sel in result["tasks"].items():
+        teacher_run = Run.open(out / sel["variants"][sel["teacher"]]["run"])
+        teacher = teacher_run.model_for(task, "best").state_dict()
+        student_cfg = Run.open(out / sel["variants"]["kd-1"]["run"]).cfg
+        student = initial_model(student_cfg).state_dict()
+        own = [k for k in student if k.startswith(f"branches.{task}.")]
+        assert own and all(k.startswith(f"branches.{task}.0.") for k in own)  # one layer: the teacher's first
+        for k, v in student.items():
+            assert torch.equal(v, teacher[k]), k
+        assert any(k.startswith(f"branches.{task}.1.") for k in teacher)  # the teacher had more layers
 
 
 def test_report_has_table_2_rows_and_a_plot(flex_run):
@@ -125,11 +194,12 @@ def test_report_has_table_2_rows_and_a_plot(flex_run):
     rows = {r["setting"]: r for r in rep["rows"]}
     assert list(rows) == ["full", "partial", "kd-1", "mixed"]
     assert rows["full"]["layers_total"] == 12 and rows["full"]["overhead_pct"] == 100
-    assert rows["kd-1"]["layers_total"] == 1 + 3  # trunk to depth 1, one own layer per task
+    deepest_split = max(4 - result["tasks"][t]["variants"][result["tasks"][t]["teacher"]]["layers"] for t in result["tasks"])
+    assert rows["kd-1"]["layers_total"] == deepest_split + 3  # trunk to the deepest teacher split, one own layer each
     assert "| KD-1 |" in rep["markdown"] and (out / "flex.png").stat().st_size > 1000
     # tiny BERT: hidden 32, intermediate 64, 32 tokens -> 2*32*(4*32*32 + 2*32*64) + 4*32*32*32 FLOPs a layer
     per_layer = 2 * 32 * (4 * 32 * 32 + 2 * 32 * 64) + 4 * 32 * 32 * 32
-    assert rows["kd-1"]["gflops_per_input"] == pytest.approx(4 * per_layer / 1e9)
+    assert rows["kd-1"]["gflops_per_input"] == pytest.approx((deepest_split + 3) * per_layer / 1e9)
     assert json.loads((out / "report.json").read_text())["rows"][0]["setting"] == "full"
     res = CliRunner().invoke(app, ["report", str(out)])
     assert res.exit_code == 0 and "| mixed |" in res.output and "GFLOPs" in res.output
@@ -164,7 +234,7 @@ def other_run(flex_run, task: str) -> Path:
     _, out, result = flex_run
     sel = result["tasks"][task]
     chosen = sel["selected"][flex_run[0].bundle]
-    name = next(k for k in ("partial-1", "kd-1", "partial-3") if k != chosen)
+    name = next(k for k in ("partial-2", "kd-1", "partial-3") if k != chosen)
     return out / sel["variants"][name]["run"]
 
 

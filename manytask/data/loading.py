@@ -178,5 +178,6 @@ def load_test_splits(spec: TaskSpec, glue_dir: Path) -> tuple[dict[str, list[Exa
         if _exists(spec, name, root):
             out[name] = read_split(spec, name, root)
         else:
-            notes.append(f"{spec.title}: test file missing, no {split.submission or name} written: {root / split.path}")
+            written = split.submission or (f"{spec.name}.tsv" if name == "test" else f"{spec.name}-{name}.tsv")
+            notes.append(f"{spec.title}: test file missing, no {written} written: {root / split.path}")
     return out, notes

@@ -60,10 +60,44 @@ def infer_format(path: Path, declared: Optional[str]) -> str:
 Record = tuple[int, Union[dict, list]]  # (line number, fields by name or by position)
 
 
-def iter_records(path: Path, fmt: str, header: bool, quoting: bool) -> Iterator[Record]:
-    """Yield (line, record). Header files give dicts; header-less files give lists."""
+def default_quoting(fmt: str) -> bool:
+    """CSV honours quotes; TSV does not (GLUE's files hold bare quotes that are text, not delimiters)."""
+    return fmt == "csv"
+
+
+def decode_error(path: Path, encoding: str, err: UnicodeDecodeError) -> DataError:
+    """Name the line and the byte offset of the first bytes that ``encoding`` cannot decode."""
+    offset = 0
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                bad = raw[e.start:e.end].hex(" ")
+                return DataError(path, f"not valid {encoding} at byte offset {offset + e.start} (column {e.start + 1}, "
+                                       f"bytes {bad}); set 'encoding:' for the task, e.g. latin-1 or cp1252",
+                                 line=line_no)
+            offset += len(raw)
+    return DataError(path, f"not valid {encoding}: {err.reason} at byte offset {err.start}")
+
+
+def iter_records(path: Path, fmt: str, header: bool, quoting: Optional[bool] = None, encoding: str = "utf-8",
+                 multiline: bool = False) -> Iterator[Record]:
+    """Yield (line, record): the line a record starts on, and its fields (dicts with a header, else lists).
+
+    With quoting on, a quoted field that runs over several lines is an error naming the line it
+    starts on, unless ``multiline`` allows it (one record, however many lines, is one example).
+    """
+    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        yield from _records(path, fmt, header, default_quoting(fmt) if quoting is None else quoting, enc, multiline)
+    except UnicodeDecodeError as e:
+        raise decode_error(path, encoding, e) from None
+
+
+def _records(path: Path, fmt: str, header: bool, quoting: bool, encoding: str, multiline: bool) -> Iterator[Record]:
     if fmt == "jsonl":
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, encoding=encoding) as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -76,32 +110,39 @@ def iter_records(path: Path, fmt: str, header: bool, quoting: bool) -> Iterator[
                 yield line_no, obj
         return
     delimiter = "\t" if fmt == "tsv" else ","
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with open(path, encoding=encoding, newline="") as f:
         if quoting:
-            reader = csv.reader(f, delimiter=delimiter)
+            reader = csv.reader(f, delimiter=delimiter, strict=True)
         else:  # GLUE: quotes are text, never field delimiters
             reader = csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE)
         names: Optional[list[str]] = None
-        try:
-            for row in reader:
-                line_no = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if header and names is None:
-                    names = [c.strip() for c in row]
-                    if len(set(names)) != len(names):
-                        raise DataError(path, f"duplicate column names in header: {names}", line=line_no)
-                    continue
-                if names is not None:
-                    if len(row) != len(names):
-                        raise DataError(
-                            path, f"expected {len(names)} fields as in the header, found {len(row)}", line=line_no
-                        )
-                    yield line_no, dict(zip(names, row))
-                else:
-                    yield line_no, row
-        except csv.Error as e:
-            raise DataError(path, f"malformed {fmt.upper()}: {e}", line=reader.line_num) from None
+        while True:
+            line_no = reader.line_num + 1  # the line this record starts on
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise DataError(path, f"malformed {fmt.upper()}: {e} (in the record that starts here)",
+                                line=line_no) from None
+            if reader.line_num > line_no and not multiline:
+                raise DataError(path, f"a quoted field runs from line {line_no} to line {reader.line_num}: one record "
+                                      "over several lines. If the quote is text, set 'quoting: false' for the task; "
+                                      "if records really span lines, set 'multiline: true'", line=line_no)
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if header and names is None:
+                names = [c.strip() for c in row]
+                if len(set(names)) != len(names):
+                    raise DataError(path, f"duplicate column names in header: {names}", line=line_no)
+                continue
+            if names is not None:
+                if len(row) != len(names):
+                    raise DataError(path, f"expected {len(names)} fields as in the header, found {len(row)}",
+                                    line=line_no)
+                yield line_no, dict(zip(names, row))
+            else:
+                yield line_no, row
     if header and names is None:
         raise DataError(path, "the file is empty: expected a header line")
 
@@ -166,7 +207,9 @@ def read_split(spec: TaskSpec, split_name: str, root: Path) -> list[Example]:
         raise DataError(path, "JSONL lines are objects: 'header: false' does not apply")
     examples: list[Example] = []
     seen: dict[str, int] = {}
-    for line, record in iter_records(path, fmt, header=split.header and fmt != "jsonl", quoting=spec.quoting):
+    records = iter_records(path, fmt, header=split.header and fmt != "jsonl", quoting=spec.quoting,
+                           encoding=spec.encoding, multiline=spec.multiline)
+    for line, record in records:
         texts = [_text(path, line, record, f) for f in text_fields]
         label = None if label_field is None else _label(spec, path, line, record, label_field)
         key = str(_get(path, line, record, id_field)).strip() if id_field is not None else str(line)

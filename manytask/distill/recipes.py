@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import ValidationError, field_validator, model_validator
 
-from manytask.config import ModelConfig, TaskEntry, TrainConfig, _first_error, load_model
+from manytask.config import ModelConfig, TaskEntry, TrainConfig, first_error, check_task_entries, load_model
 from manytask.tasks import StrictModel
 
 
@@ -40,7 +40,7 @@ class Recipe(StrictModel):
         try:
             TrainConfig.model_validate({**TrainConfig().model_dump(), **self.train})
         except ValidationError as e:
-            raise ValueError(f"recipe {self.name!r}: train: {_first_error(e)}") from None
+            raise ValueError(f"recipe {self.name!r}: train: {first_error(e)}") from None
         return self
 
     def training(self, base: TrainConfig) -> TrainConfig:
@@ -76,8 +76,17 @@ class StudyConfig(StrictModel):
     distill: StudyDistill = StudyDistill()
     recipes: list[Recipe]
     baselines: list[str] = ["Single", "Multi"]  # each recipe is compared with these, paired by seed
+    comparisons: list[tuple[str, str]] = []  # further pairs [recipe, other] the report must test
+    # Holm–Bonferroni over every test in the report (all comparisons x columns), or within each comparison
+    holm_family: Literal["report", "comparison"] = "report"
     trace: Optional[str] = None  # recipe whose dev score is followed over training (first seed), for the plot
     trace_evals: int = 6
+
+
+    @field_validator("tasks")
+    @classmethod
+    def _one_entry_per_task(cls, v: list[TaskEntry]) -> list[TaskEntry]:
+        return check_task_entries(v)
 
     @field_validator("seeds")
     @classmethod
@@ -104,7 +113,7 @@ class StudyConfig(StrictModel):
             for ref in (r.teacher, r.init):
                 if ref is not None and ref not in names:
                     raise ValueError(f"recipe {r.name!r} refers to unknown recipe {ref!r} (known: {', '.join(names)})")
-        for ref in [*self.baselines, *([self.trace] if self.trace else [])]:
+        for ref in [*self.baselines, *([self.trace] if self.trace else []), *(x for pair in self.comparisons for x in pair)]:
             if ref not in names:
                 raise ValueError(f"{ref!r} is not a recipe (known: {', '.join(names)})")
         order(self.recipes)  # raises on a cycle

@@ -13,7 +13,9 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from manytask.config import ConfigError, DistillConfig, RunConfig, TrainConfig
+from pydantic import ValidationError
+
+from manytask.config import ConfigError, DistillConfig, RunConfig, TrainConfig, first_error
 from manytask.data.loading import MissingData, load_tasks
 from manytask.distill.recipes import Recipe, StudyConfig, dump_study, load_study, order
 from manytask.distill.teacher import write_targets
@@ -22,6 +24,8 @@ from manytask.runs import train_run
 from manytask.training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+REPORT_ONLY = ("baselines", "comparisons", "holm_family")  # may change when a study is resumed or extended
 
 
 def recipe_dir(out: Path, seed: int, recipe: Recipe) -> Path:
@@ -127,11 +131,16 @@ def prepare(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> S
             raise ConfigError(f"{out} holds recipe(s) {', '.join(changed)} defined otherwise ({saved}); "
                               "rename them or use another --out")
         recipes = old.recipes + [r for r in cfg.recipes if r.name not in kept]
-        mine = cfg.model_copy(update={"seeds": old.seeds, "recipes": old.recipes})
+        report_only = {k: getattr(cfg, k) for k in REPORT_ONLY}  # what the report tests, not how runs train
+        mine = cfg.model_copy(update={"seeds": old.seeds, "recipes": old.recipes, **{k: getattr(old, k) for k in REPORT_ONLY}})
         if dump_study(mine) != dump_study(old):
             raise ConfigError(f"{out} holds a study with other settings ({saved}); use another --out")
         merged = old.seeds + [s for s in seeds if s not in old.seeds]
-        cfg = old.model_copy(update={"seeds": merged, "recipes": recipes})
+        cfg = old.model_copy(update={"seeds": merged, "recipes": recipes, **report_only})
+        try:  # the report settings must name recipes the study has
+            StudyConfig.model_validate(cfg.model_dump())
+        except ValidationError as e:
+            raise ConfigError(f"{out}: {first_error(e)}") from None
     else:
         cfg = cfg.model_copy(update={"seeds": list(seeds)})
     out.mkdir(parents=True, exist_ok=True)

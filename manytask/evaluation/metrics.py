@@ -51,6 +51,12 @@ METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
 }
 
 
+METRICS_BY_KIND: dict[str, list[str]] = {
+    "classification": ["accuracy", "f1", "f1_macro", "matthews"],
+    "regression": ["pearson", "spearman"],
+}
+
+
 def compute_metrics(names: Sequence[str], y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
     if len(y_true) != len(y_pred):
         raise ValueError(f"{len(y_true)} labels but {len(y_pred)} predictions")

@@ -16,9 +16,17 @@ from manytask.training.checkpoint import atomic_write_text
 
 
 def _label_of(spec: TaskSpec, value) -> str:
+    """The prediction as text (TSV files): a label, or a score with 3 decimals."""
     if spec.kind == "classification":
         return spec.labels[int(value)]  # type: ignore[index]
     return f"{float(value):.3f}"
+
+
+def _json_value(spec: TaskSpec, value):
+    """The prediction as a JSON value: a label (string), or a score (number)."""
+    if spec.kind == "classification":
+        return spec.labels[int(value)]  # type: ignore[index]
+    return round(float(value), 6)
 
 
 def input_spec(spec: TaskSpec, path: Path, text_fields: Optional[list[Field]], id_field: Optional[str],
@@ -29,12 +37,16 @@ def input_spec(spec: TaskSpec, path: Path, text_fields: Optional[list[Field]], i
     header = not all(isinstance(f, int) for f in fields)
     split = SplitSpec(path=str(path.resolve()), role="test", unlabeled=True, header=header, text_fields=fields,
                       id_field=id_field)
-    return spec.model_copy(update={"splits": {"input": split}, "format": fmt or None, "id_field": None})
+    # a user's file for a GLUE task is read by its own format's rules (CSV honours quotes), not GLUE's
+    quoting = None if spec.glue else spec.quoting
+    return spec.model_copy(update={"splits": {"input": split}, "format": fmt or None, "id_field": None,
+                                   "quoting": quoting})
 
 
 def predict_file(run: Run, task: str, input_path: Path, output: Path, text_fields=None, id_field=None,
                  fmt=None) -> int:
-    """Predictions for every line of ``input_path``; JSONL (.jsonl) or TSV output. Returns the count."""
+    """One prediction per input record of ``input_path`` (every record is read, or the file is refused
+    naming the line at fault); JSONL (.jsonl) or TSV output. Returns the count."""
     specs = {s.name: s for s in run.specs()}
     if task not in specs:
         raise KeyError(f"unknown task {task!r}: the run has {', '.join(specs)}")
@@ -48,7 +60,7 @@ def predict_file(run: Run, task: str, input_path: Path, output: Path, text_field
     if output.suffix.lower() == ".jsonl":
         rows = []
         for i, e in enumerate(examples):
-            row = {"id": e.key, "prediction": _label_of(spec, preds.values[i])}
+            row = {"id": e.key, "prediction": _json_value(spec, preds.values[i])}
             if preds.probs is not None:
                 row["probabilities"] = {lab: round(float(p), 6) for lab, p in zip(spec.labels, preds.probs[i])}
             rows.append(json.dumps(row))
@@ -63,14 +75,18 @@ def predict_file(run: Run, task: str, input_path: Path, output: Path, text_field
 
 
 def write_submission(run: Run, out_dir: Path) -> tuple[list[str], list[str]]:
-    """GLUE leaderboard files for the tasks the run has. Returns (files written, notes on what is missing)."""
+    """Prediction files for the test splits of the run's tasks: GLUE's leaderboard files (CoLA.tsv, ...,
+    AX.tsv) and ``<task>.tsv`` for a user task's ``test:`` file (ids from its ``id_field``, else line
+    numbers). Returns (files written, why any task got none)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     glue_dir = run.cfg.resolved_glue_dir()
     tok = run.tokenizer()
     written, notes = [], []
     for spec in run.specs():
-        if not any(s.submission for s in spec.splits.values()):
+        test_splits = [n for n, s in spec.splits.items() if s.role == "test"]
+        if not test_splits:
+            notes.append(f"{spec.title}: no test file in the task's entry (give 'test: FILE' to get {spec.name}.tsv)")
             continue
         tests, missing = load_test_splits(spec, glue_dir)
         notes.extend(missing)
@@ -78,9 +94,7 @@ def write_submission(run: Run, out_dir: Path) -> tuple[list[str], list[str]]:
             continue
         model = run.model_for(spec.name)
         for split, examples in tests.items():
-            name = spec.splits[split].submission
-            if not name:
-                continue
+            name = spec.splits[split].submission or (f"{spec.name}.tsv" if split == "test" else f"{spec.name}-{split}.tsv")
             feats = encode(examples, spec, tok, run.cfg.model.max_seq_length)
             preds: Predictions = predict(model, spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id,
                                          run.cfg.train.precision)

@@ -13,7 +13,7 @@ from typing import Literal, Optional, Union
 import yaml
 from pydantic import field_validator, model_validator
 
-from manytask.config import ModelConfig, TaskEntry, TrainConfig, load_model
+from manytask.config import ModelConfig, TaskEntry, TrainConfig, check_task_entries, load_model
 from manytask.tasks import StrictModel
 
 
@@ -33,10 +33,14 @@ class SearchConfig(StrictModel):
 
 
 class CompressConfig(StrictModel):
-    """Distil the deepest searched branch (K layers) into each of ``to`` (< K) layers, initialised
-    from the teacher branch's bottom layers, on the teacher's split depth."""
+    """Distil the teacher branch (k_t layers) into each of ``to`` (< k_t) layers, initialised from the
+    teacher branch's bottom layers, on the teacher's split depth.
+
+    ``teacher: best`` (the paper: "we always determine k first") takes the partial fine-tuning with the
+    best dev score as the teacher; ``deepest`` takes the deepest k searched."""
 
     to: list[int] = [1, 2]
+    teacher: Literal["best", "deepest"] = "best"
     temperature: float = 2.0
     schedule: Literal["constant", "linear"] = "constant"  # linear = teacher annealing (BAM), an option
     lam: float = 0.5  # weight of the gold loss when constant
@@ -44,7 +48,13 @@ class CompressConfig(StrictModel):
 
 
 class MixedConfig(StrictModel):
-    delta: float = 0.5  # points of dev score a further task layer must add to be kept
+    """Per task, keep adding task layers while each added layer brings at least ``delta`` points.
+
+    ``per_layer`` is the paper's rule; ``next_step`` is manytask's earlier one (one rung at a time,
+    stop at the first rung that gains less than delta in all); see ``select_mixed``."""
+
+    delta: float = 0.5  # points of dev score per added task layer
+    rule: Literal["per_layer", "next_step"] = "per_layer"
 
 
 class FlexConfig(StrictModel):
@@ -61,6 +71,11 @@ class FlexConfig(StrictModel):
     compress: CompressConfig = CompressConfig()
     mixed: MixedConfig = MixedConfig()
     bundle: str = "mixed"  # which selection the bundle holds: mixed, partial (best k), or kd-N
+
+    @field_validator("tasks")
+    @classmethod
+    def _one_entry_per_task(cls, v: list[TaskEntry]) -> list[TaskEntry]:
+        return check_task_entries(v)
 
     @model_validator(mode="after")
     def _check(self) -> "FlexConfig":

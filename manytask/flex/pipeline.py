@@ -33,19 +33,41 @@ def encoder_layers(model: ModelConfig) -> int:
 
 
 def best_partial(variants: dict[str, dict]) -> str:
-    """The "w/o KD" setting: the partial fine-tuning with the best dev score (fewer layers on a tie)."""
+    """The "w/o KD" setting: the partial fine-tuning with the best dev score (fewer layers on a tie).
+
+    Its k is the task's k_t: the paper determines k first, and distils that branch."""
     partial = {k: v for k, v in variants.items() if k.startswith("partial-")}
     return max(partial, key=lambda k: (partial[k]["score"], -partial[k]["layers"]))
 
 
-def select_mixed(variants: dict[str, dict], ladder: list[str], delta: float) -> str:
-    """Walk up the ladder (fewest task layers first) while each step adds at least ``delta`` points."""
-    chosen = ladder[0]
-    for nxt in ladder[1:]:
-        if 100 * (variants[nxt]["score"] - variants[chosen]["score"]) < delta:
-            break
-        chosen = nxt
-    return chosen
+def select_mixed(variants: dict[str, dict], ladder: list[str], delta: float, rule: str = "per_layer") -> str:
+    """The mixed setting of one task, from its ladder (fewest task layers first: KD-1 ... KD-(k_t − 1),
+    then the teacher with k_t layers). Scores are fractions; ``delta`` is in points.
+
+    ``per_layer`` (the paper, §4.2 and Appendix D): from the current choice, move to the first setting
+    further up the ladder whose gain per added layer is at least ``delta``; a dip (KD-2 below KD-1) does
+    not stop the walk. ``next_step`` (manytask's earlier rule): move one rung at a time while that rung
+    adds at least ``delta`` points in all, and stop at the first that does not.
+    """
+    score = {n: 100 * variants[n]["score"] for n in ladder}
+    layers = {n: variants[n]["layers"] for n in ladder}
+    if rule == "next_step":
+        chosen = ladder[0]
+        for nxt in ladder[1:]:
+            if score[nxt] - score[chosen] < delta:
+                break
+            chosen = nxt
+        return chosen
+    if rule != "per_layer":
+        raise ValueError(f"unknown mixed-selection rule {rule!r} (per_layer, next_step)")
+    i = 0
+    while True:
+        cur = ladder[i]
+        nxt = next((j for j in range(i + 1, len(ladder)) if layers[ladder[j]] > layers[cur]
+                    and (score[ladder[j]] - score[cur]) / (layers[ladder[j]] - layers[cur]) >= delta), None)
+        if nxt is None:
+            return cur
+        i = nxt
 
 
 class FlexPipeline:
@@ -58,10 +80,12 @@ class FlexPipeline:
                 raise ConfigError(f"search: task {t.name!r} asks for {bad} layers; the encoder has {self.L}")
 
     def _run(self, entry: TaskEntry, path: Path, train: TrainConfig, freeze: bool, layers: int,
-             split: Optional[int] = None, init: Optional[Path] = None, distill: Optional[DistillConfig] = None) -> dict:
+             split: Optional[int] = None, init: Optional[Path] = None, init_checkpoint: str = "last",
+             distill: Optional[DistillConfig] = None) -> dict:
         c = self.cfg
         task = entry.model_copy(update={"branch_layers": layers, "split_depth": split})
-        model = c.model.model_copy(update={"freeze_trunk": freeze, "init_from": str(init.resolve()) if init else None})
+        model = c.model.model_copy(update={"freeze_trunk": freeze, "init_from": str(init.resolve()) if init else None,
+                                           "init_checkpoint": init_checkpoint})
         cfg = RunConfig(seed=c.seed, data_seed=c.data_seed, glue_dir=c.glue_dir, missing_glue="error", tasks=[task],
                         model=model, train=train.model_copy(deep=True), distill=distill)
         summary = train_run(cfg, path, resume=(path / "config.yaml").exists())
@@ -79,21 +103,27 @@ class FlexPipeline:
         ks = c.search.for_task(name)
         for k in ks:
             variants[f"partial-{k}"] = self._run(entry, base / f"partial-k{k}", c.partial, freeze=True, layers=k)
-        K = max(ks)
+        comp = c.compress
+        # the teacher: the selected partial fine-tuning (k_t = best k on dev), or the deepest k searched
+        K = variants[best_partial(variants)]["layers"] if comp.teacher == "best" else max(ks)
         teacher = base / f"partial-k{K}"
         store = teacher / "targets"
         if not (store / f"{name}.safetensors").exists():
             write_targets(teacher, store, "best", {"role": "branch teacher", "layers": K})
-        comp = c.compress
-        for n in sorted(n for n in comp.to if n < K):
+        sizes = sorted(n for n in comp.to if n < K)
+        for n in sizes:
             distill = DistillConfig(targets=str(store.resolve()), schedule=comp.schedule, lam=comp.lam,
                                     temperature=comp.temperature, style="hinton")
+            # the student sits on the teacher's split depth and starts from the teacher branch's bottom
+            # n layers, from the checkpoint the teacher was scored (and its targets written) with
             variants[f"kd-{n}"] = self._run(entry, base / f"kd-{n}", comp.train or c.partial, freeze=True, layers=n,
-                                            split=self.L - K, init=teacher, distill=distill)
-        ladder = [f"kd-{n}" for n in sorted(n for n in comp.to if n < K)] + [f"partial-{K}"]
-        return {"variants": variants, "selected": {"partial": best_partial(variants),
-                                                   "mixed": select_mixed(variants, ladder, c.mixed.delta),
-                                                   **{f"kd-{n}": f"kd-{n}" for n in comp.to if n < K}}}
+                                            split=self.L - K, init=teacher, init_checkpoint="best", distill=distill)
+        ladder = [f"kd-{n}" for n in sizes] + [f"partial-{K}"]
+        # a KD-n row needs a branch of n layers; where the teacher has n layers or fewer, it is the teacher
+        kd_rows = {f"kd-{n}": (f"kd-{n}" if n < K else f"partial-{K}") for n in comp.to}
+        return {"variants": variants, "teacher": f"partial-{K}", "ladder": ladder,
+                "selected": {"partial": best_partial(variants),
+                             "mixed": select_mixed(variants, ladder, c.mixed.delta, c.mixed.rule), **kd_rows}}
 
     def present(self) -> list[TaskEntry]:
         c = self.cfg

@@ -8,7 +8,7 @@ from typing import Optional
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from manytask.config import ModelConfig, RandomEncoder
+from manytask.config import ConfigError, ModelConfig, RandomEncoder
 
 DEFAULT_ENCODER = "default"
 
@@ -41,30 +41,43 @@ def random_config(base: str, size: RandomEncoder):
     return config
 
 
+class EncoderError(ConfigError):
+    """An encoder that cannot do what the config asks (e.g. pooling: pooler without pretrained pooler weights)."""
+
+
 def load_encoder(cfg: ModelConfig, weights: bool = True) -> PreTrainedModel:
     """The encoder: pretrained weights, or (weights=False / random_init) only its architecture.
 
     Sizes (hidden, layers) are always read from the model's config, never guessed from its name.
+    With ``pooling: pooler`` the encoder keeps BERT's pooler (dense + tanh over [CLS]), which must
+    come with the pretrained weights: a freshly initialised one would not be the pretrained pooler.
     """
+    pooler = cfg.pooling == "pooler"
     overrides = {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}
     if cfg.random_init is not None:
         config = random_config(cfg.encoder, cfg.random_init)
         for k, v in overrides.items():
             setattr(config, k, v)
-        return AutoModel.from_config(config, add_pooling_layer=False)
+        return AutoModel.from_config(config, add_pooling_layer=pooler)
     path = resolve_encoder(cfg.encoder)
     if not weights:
         config = AutoConfig.from_pretrained(path, **overrides)
-        return AutoModel.from_config(config, add_pooling_layer=False)
-    return AutoModel.from_pretrained(path, add_pooling_layer=False, **overrides)
+        return AutoModel.from_config(config, add_pooling_layer=pooler)
+    model, info = AutoModel.from_pretrained(path, add_pooling_layer=pooler, output_loading_info=True, **overrides)
+    if pooler:
+        missing = sorted(k for k in info.get("missing_keys", []) if "pooler" in k)
+        if missing or getattr(model, "pooler", None) is None:
+            raise EncoderError(f"model.pooling: pooler — encoder {cfg.encoder!r} ({path}) has no pretrained pooler "
+                               f"(missing {', '.join(missing) or 'the pooler module'}); use pooling: cls or mean")
+    return model
 
 
-def encoder_from_dir(directory: Path, dropout: Optional[float] = None) -> PreTrainedModel:
+def encoder_from_dir(directory: Path, dropout: Optional[float] = None, pooler: bool = False) -> PreTrainedModel:
     """Architecture only, from a run's saved encoder config (weights come from the checkpoint)."""
     config = AutoConfig.from_pretrained(str(directory))
     if dropout is not None:
         config.hidden_dropout_prob = config.attention_probs_dropout_prob = dropout
-    return AutoModel.from_config(config, add_pooling_layer=False)
+    return AutoModel.from_config(config, add_pooling_layer=pooler)
 
 
 def save_encoder_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path) -> None:

@@ -33,8 +33,11 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         if not (hasattr(encoder, "embeddings") and hasattr(encoder, "encoder") and hasattr(encoder.encoder, "layer")):
             raise TypeError(f"{type(encoder).__name__} is not a BERT-family encoder (embeddings + encoder.layer)")
-        if pooling not in POOLERS:
-            raise ValueError(f"unknown pooling {pooling!r} (known: {', '.join(POOLERS)})")
+        if pooling == "pooler":
+            if getattr(encoder, "pooler", None) is None:
+                raise ValueError("pooling 'pooler' needs the encoder's pooler (load it with add_pooling_layer=True)")
+        elif pooling not in POOLERS:
+            raise ValueError(f"unknown pooling {pooling!r} (known: {', '.join(POOLERS)}, pooler)")
         self.encoder = encoder
         self.config = encoder.config
         self.num_layers: int = encoder.config.num_hidden_layers
@@ -134,7 +137,7 @@ class MultiTaskModel(nn.Module):
             hidden = self.encoder.encoder.layer[i](hidden, mask)
             if i + 1 in needed:
                 states[i + 1] = hidden
-        pool = POOLERS[self.pooling]
+        pool = (lambda h, _mask: self.encoder.pooler(h)) if self.pooling == "pooler" else POOLERS[self.pooling]
         out = {}
         for n in names:
             h, m, am = states[self.split_depth[n]], mask, attention_mask

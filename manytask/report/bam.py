@@ -71,23 +71,92 @@ def build(out: Path) -> dict:
         stats = {c: spread(v) for c, v in rows[r.name]["values"].items()}
         rows[r.name]["median"] = {c: {**st.__dict__, "half_range": st.half_range} for c, st in stats.items()}
     comparisons = []
+    for pair in comparison_pairs(cfg):
+        a, b, why = pair
+        if a not in scores or b not in scores:
+            continue
+        seeds = sorted(set(scores[a]) & set(scores[b]))
+        tests = {c: paired_test([value(scores[a][s], c) for s in seeds], [value(scores[b][s], c) for s in seeds])
+                 for c in columns}
+        comparisons.append({"recipe": a, "baseline": b, "why": why, "seeds": seeds,
+                            "diff": {c: tests[c][0] for c in columns},
+                            "median_diff": {c: rows[a]["median"][c]["median"] - rows[b]["median"][c]["median"]
+                                            for c in columns},
+                            "p": {c: tests[c][1] for c in columns}})
+    _adjust(comparisons, columns, cfg.holm_family)
+    headline = _headline(cfg, rows, comparisons)
+    primary = {e.name: e.resolve(Path.cwd()).primary for e in cfg.tasks if e.name in tasks}
+    return {"study": cfg.name, "out": str(out), "tasks": tasks, "columns": columns, "rows": rows, "primary": primary,
+            "comparisons": comparisons, "holm_family": cfg.holm_family, "headline": headline, "data": data,
+            "encoder": _encoder(cfg), "seeds": cfg.seeds, "titles": {t: _title(data.get(t), t) for t in tasks}}
+
+
+def comparison_pairs(cfg: StudyConfig) -> list[tuple[str, str, str]]:
+    """(recipe, other, why) for every comparison the report tests: each recipe against the baselines,
+    each annealed student against the same student with a constant λ = 0 (the annealing ablation), and
+    the pairs the config lists under ``comparisons``. A pair is tested once, in its first orientation."""
+    pairs: list[tuple[str, str, str]] = []
+    seen: set[frozenset] = set()
+
+    def add(a: str, b: str, why: str) -> None:
+        if a != b and frozenset((a, b)) not in seen:
+            seen.add(frozenset((a, b)))
+            pairs.append((a, b, why))
+
     for base in cfg.baselines:
         for r in cfg.recipes:
-            if r.name == base or r.name not in scores or base not in scores:
-                continue
             if r.name in cfg.baselines and cfg.baselines.index(r.name) < cfg.baselines.index(base):
-                continue  # "Multi vs Single" is already there; skip "Single vs Multi"
-            seeds = sorted(set(scores[r.name]) & set(scores[base]))
-            tests = {c: paired_test([value(scores[r.name][s], c) for s in seeds],
-                                    [value(scores[base][s], c) for s in seeds]) for c in columns}
-            adjusted = holm([tests[c][1] for c in columns])
-            comparisons.append({"recipe": r.name, "baseline": base, "seeds": seeds,
-                                "diff": {c: tests[c][0] for c in columns},
-                                "p": {c: tests[c][1] for c in columns},
-                                "p_holm": dict(zip(columns, adjusted))})
-    return {"study": cfg.name, "out": str(out), "tasks": tasks, "columns": columns, "rows": rows,
-            "comparisons": comparisons, "data": data, "encoder": _encoder(cfg), "seeds": cfg.seeds,
-            "titles": {t: _title(data.get(t), t) for t in tasks}}
+                continue  # "Multi vs Single" is there; not also "Single vs Multi"
+            add(r.name, base, "baseline")
+    for r in cfg.recipes:
+        if r.teacher and r.schedule == "linear":
+            for z in cfg.recipes:
+                if (z.teacher == r.teacher and z.student == r.student and z.schedule == "constant" and z.lam == 0.0
+                        and z.train == r.train):
+                    add(r.name, z.name, "annealing ablation")
+    for a, b in cfg.comparisons:
+        add(a, b, "config")
+    return pairs
+
+
+def _adjust(comparisons: list[dict], columns: list[str], family: str) -> None:
+    """Holm–Bonferroni: over every p-value of the report (family "report"), or within each comparison."""
+    groups = [comparisons] if family == "report" else [[c] for c in comparisons]
+    for group in groups:
+        keys = [(i, col) for i in range(len(group)) for col in columns]
+        adjusted = holm([group[i]["p"][col] for i, col in keys])
+        for (i, col), q in zip(keys, adjusted):
+            group[i].setdefault("p_holm", {})[col] = q
+
+
+def _headline(cfg: StudyConfig, rows: dict, comparisons: list[dict]) -> Optional[dict]:
+    """BAM's headline, Single < Multi < S→M (annealed), read off the medians of the average, with how many
+    seeds show the same ordering and the tests behind each step. None when the study lacks a recipe."""
+    single = next((r for r in cfg.recipes if r.student == "single" and not r.teacher), None)
+    multi = next((r for r in cfg.recipes if r.student == "multi" and not r.teacher and not r.train), None)
+    sm = next((r for r in cfg.recipes if single and r.student == "multi" and r.teacher == single.name
+               and r.schedule == "linear" and not r.train), None)
+    if not (single and multi and sm) or not all(rows[r.name]["seeds"] for r in (single, multi, sm)):
+        return None
+    names = [single.name, multi.name, sm.name]
+    med = {n: rows[n]["median"][AVG]["median"] for n in names}
+    seeds = sorted(set.intersection(*(set(rows[n]["seeds"]) for n in names)))
+    per_seed = {n: dict(zip(rows[n]["seeds"], rows[n]["values"][AVG])) for n in names}
+    holds = [s for s in seeds if per_seed[names[0]][s] < per_seed[names[1]][s] < per_seed[names[2]][s]]
+
+    def test(a: str, b: str) -> Optional[dict]:
+        c = next((c for c in comparisons if {c["recipe"], c["baseline"]} == {a, b}), None)
+        if c is None:
+            return None
+        sign = 1 if c["recipe"] == a else -1
+        return {"median_diff": sign * c["median_diff"][AVG], "mean_paired_diff": sign * c["diff"][AVG],
+                "p": c["p"][AVG], "p_holm": c["p_holm"][AVG]}
+
+    return {"recipes": names, "median_avg": med, "holds_on_medians": med[names[0]] < med[names[1]] < med[names[2]],
+            "seeds": seeds, "seeds_where_it_holds": holds,
+            "steps": {f"{names[1]} − {names[0]}": test(names[1], names[0]),
+                      f"{names[2]} − {names[1]}": test(names[2], names[1]),
+                      f"{names[2]} − {names[0]}": test(names[2], names[0])}}
 
 
 def _encoder(cfg: StudyConfig) -> str:
@@ -110,6 +179,10 @@ def _fmt(x: float, digits: int = 1) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
 
+def _signed(x: float) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:+.1f}"
+
+
 def _p(p: float) -> str:
     if p is None or math.isnan(p):
         return "n/a"
@@ -121,8 +194,9 @@ def markdown(rep: dict) -> str:
     heads = [rep["titles"].get(c, c) for c in cols]
     lines = [f"# BAM study `{rep['study']}`", "",
              f"Dev scores x100, **median over seeds** ± half the range (max − min)/2; seeds: {rep['seeds']}. "
-             "Primary metric per task (CoLA Matthews, STS-B Spearman, others accuracy; MNLI is the mean of its "
-             "dev sets); Avg is the GLUE-style mean without WNLI. Each run is scored at its last step.", "",
+             "Primary metric per task (" + ", ".join(f"{rep['titles'][t]} {m}" for t, m in rep.get("primary", {}).items())
+             + "; a task with several dev sets enters as their mean); Avg is the GLUE-style mean of the tasks' primary "
+             "scores without WNLI. Each run is scored at its last step.", "",
              "| recipe | " + " | ".join(heads) + " | seeds | collapsed |",
              "|---|" + "---|" * (len(cols) + 2)]
     for name, row in rep["rows"].items():
@@ -132,15 +206,33 @@ def markdown(rep: dict) -> str:
         cells = [f"{_fmt(row['median'][c]['median'])} ±{_fmt(row['median'][c]['half_range'])}" for c in cols]
         coll = ", ".join(f"{rep['titles'][t]} {n}" for t, n in row["collapsed"].items() if n) or "0"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(row['seeds'])} | {coll} |")
+    family = ("every test in this report (all comparisons × columns)" if rep.get("holm_family", "report") == "report"
+              else "the columns of each comparison")
     lines += ["", "## Paired comparisons", "",
-              "Difference in points (recipe − baseline, mean over paired seeds) and the two-sided paired t-test "
-              "p-value after Holm–Bonferroni correction over the columns of each row (* p < 0.05). A t-test, "
-              "because with 3–5 seeds the Wilcoxon signed-rank test cannot reach p < 0.05; it assumes roughly "
-              "normal per-seed differences. n/a: fewer than two paired seeds.", "",
-              "| recipe vs baseline | " + " | ".join(heads) + " |", "|---|" + "---|" * len(cols)]
+              "Per cell: the mean over paired seeds of (recipe − other), in points, and the two-sided paired t-test "
+              f"p-value after Holm–Bonferroni correction over {family} (* p < 0.05). Last column: the difference "
+              "of the two recipes' medians of Avg (the table above). A t-test, because with 3–5 seeds the Wilcoxon "
+              "signed-rank test cannot reach p < 0.05; it assumes roughly normal per-seed differences. n/a: fewer "
+              "than two paired seeds, or identical differences.", "",
+              "| recipe vs other | why | " + " | ".join(heads) + " | Δ median Avg |", "|---|---|" + "---|" * (len(cols) + 1)]
     for c in rep["comparisons"]:
         cells = [f"{c['diff'][k]:+.1f} (p={_p(c['p_holm'][k])})" if not math.isnan(c["diff"][k]) else "—" for k in cols]
-        lines.append(f"| {c['recipe']} vs {c['baseline']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {c['recipe']} vs {c['baseline']} | {c['why']} | " + " | ".join(cells)
+                     + f" | {_signed(c['median_diff'][AVG])} |")
+    h = rep.get("headline")
+    if h:
+        a, b, c = h["recipes"]
+        med = h["median_avg"]
+        lines += ["", "## Headline: " + " < ".join(h["recipes"]) + " ?", "",
+                  f"Median Avg: {a} {_fmt(med[a])}, {b} {_fmt(med[b])}, {c} {_fmt(med[c])} — the ordering "
+                  + ("**holds**" if h["holds_on_medians"] else "**does not hold**") + " on the medians; it holds in "
+                  f"{len(h['seeds_where_it_holds'])} of {len(h['seeds'])} seeds"
+                  + (f" ({', '.join(map(str, h['seeds_where_it_holds']))})" if h["seeds_where_it_holds"] else "") + ".", "",
+                  "| step | Δ median Avg | mean paired Δ | p | p (Holm) |", "|---|---|---|---|---|"]
+        for step, t in h["steps"].items():
+            if t:
+                lines.append(f"| {step} | {_signed(t['median_diff'])} | {_signed(t['mean_paired_diff'])} | "
+                             f"{_p(t['p'])} | {_p(t['p_holm'])} |")
     lines += ["", "## Data and encoder", "", f"Encoder: {rep['encoder']}.", "",
               "| task | train examples (of) | eval sets | files (sha256, first 12) |", "|---|---|---|---|"]
     for t in rep["tasks"]:

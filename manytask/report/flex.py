@@ -20,6 +20,12 @@ def layer_flops(hidden: int, intermediate: int, seq: int) -> int:
     return 2 * seq * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * 2 * seq * seq * hidden
 
 
+def layers_per_input(branches: list[tuple[int, int]]) -> int:
+    """Transformer layers one input runs through for all tasks: the shared frozen trunk once, up to the
+    deepest split any task needs, plus every task's own layers. ``branches``: (split depth, layers)."""
+    return max(split for split, _ in branches) + sum(layers for _, layers in branches)
+
+
 def trunk_shape(out: Path) -> dict:
     cfg = json.loads((Path(out) / "bundle" / "trunk" / "config.json").read_text())
     return {"hidden": cfg["hidden_size"], "intermediate": cfg["intermediate_size"]}
@@ -46,29 +52,50 @@ def build(out: Path) -> dict:
         if key == "full":
             total = L * len(names)
         else:
-            total = max(c["split_depth"] for c in cells.values()) + sum(c["layers"] for c in cells.values())
+            total = layers_per_input([(c["split_depth"], c["layers"]) for c in cells.values()])
         rows.append({"setting": key, "label": label, "tasks": cells,
                      "average": sum(c["score"] for c in cells.values()) / len(cells),
                      "layers_total": total, "overhead_pct": 100 * total / (L * len(names)),
                      "gflops_per_input": total * per_layer / 1e9})
+    mixed = flex.get("mixed", {})
     return {"encoder_layers": L, "tasks": names, "rows": rows, "skipped": sel.get("skipped", []),
-            "flops": {"seq_len": seq, "per_layer": per_layer}}
+            "flops": {"seq_len": seq, "per_layer": per_layer},
+            "teachers": {t: tasks[t].get("teacher") for t in names},
+            "mixed_rule": {"delta": mixed.get("delta", 0.5), "rule": mixed.get("rule", "per_layer")}}
+
+
+RULES = {
+    "per_layer": "from the current choice, move to the first setting with more task layers whose gain per added "
+                 "layer is ≥ {delta} points (the paper's rule; a dip does not stop the walk)",
+    "next_step": "move one rung at a time while the next rung gains ≥ {delta} points in all (manytask's earlier rule)",
+}
 
 
 def markdown(rep: dict, delta: float, titles: dict) -> str:
     names = rep["tasks"]
+    rule = rep.get("mixed_rule", {}).get("rule", "per_layer")
+    teachers = rep.get("teachers", {})
     lines = [f"Dev score x100 (primary metric; best checkpoint, chosen on dev as in the paper) and the task's own "
              f"layers in brackets. Overhead: layers run per input for all {len(names)} tasks — the frozen trunk once, "
              f"up to the deepest split, plus every branch — and as % of {len(names)} full {rep['encoder_layers']}-layer "
              f"models; GFLOPs for one input of {rep['flops']['seq_len']} tokens (transformer layers only). "
-             f"Mixed: add a task layer only while it gains ≥ {delta} points.", "",
+             f"KD-n: the teacher branch (the task's best k, k_t) distilled into n layers; † the teacher itself, "
+             f"where k_t ≤ n. Mixed, per task over KD-1 … KD-(k_t − 1) then the teacher: "
+             + RULES[rule].format(delta=delta) + ".", "",
              "| setting | " + " | ".join(titles.get(t, t) for t in names) + " | Avg | layers | overhead | GFLOPs |",
              "|---|" + "---|" * (len(names) + 4)]
     for r in rep["rows"]:
         label = r["label"] if r["setting"] != "mixed" else "mixed"
-        cells = [f"{r['tasks'][t]['score']:.1f} ({r['tasks'][t]['layers']})" for t in names]
+        cells = []
+        for t in names:
+            c = r["tasks"][t]
+            mark = "†" if r["setting"].startswith("kd-") and not c["variant"].startswith("kd-") else ""
+            cells.append(f"{c['score']:.1f} ({c['layers']}){mark}")
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['average']:.1f} | {r['layers_total']} | "
                      f"{r['overhead_pct']:.0f}% | {r['gflops_per_input']:.2f} |")
+    if any(teachers.values()):
+        lines += ["", "Teacher branch per task (k_t): " + ", ".join(
+            f"{titles.get(t, t)} {teachers[t].split('-')[-1]}" for t in names if teachers.get(t)) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -278,8 +278,9 @@ class Bundle:
 
         manifest = self.manifest
         config = AutoConfig.from_pretrained(str(self.root / "trunk"))
-        encoder = AutoModel.from_config(config, add_pooling_layer=False)
-        model = MultiTaskModel(encoder, [], pooling=manifest["trunk"]["pooling"], dropout=0.0)
+        pooling = manifest["trunk"]["pooling"]
+        encoder = AutoModel.from_config(config, add_pooling_layer=pooling == "pooler")
+        model = MultiTaskModel(encoder, [], pooling=pooling, dropout=0.0)
         state = load_file(str(self.root / "trunk" / "trunk.safetensors"))
         if tensors_hash(state) != manifest["trunk"]["sha256"]:
             raise BundleError(f"{self.root / 'trunk' / 'trunk.safetensors'}: content hash differs from the manifest")
