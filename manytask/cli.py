@@ -62,14 +62,14 @@ def train(
         _fail(str(e))
         return
     run = Run.open(out)
-    final = summary.get("final")
-    if final and all(b["step"] == summary["total_steps"] for b in summary["best"].values()):
-        result = {**final, "titles": summary["titles"], "skipped": summary["skipped"]}  # best = last: no rerun
-    else:
-        result = run.evaluate("best")
+    specs = _specs(run)
     typer.echo(_draws_line(summary))
-    typer.echo(results_table(result, _specs(run), label="dev (best checkpoint per task)"))
-    for s in result["skipped"]:
+    final = {**summary["final"], "titles": summary["titles"]}
+    typer.echo(results_table(final, specs, label="dev, last step (one model)"))
+    if any(b["step"] != summary["total_steps"] for b in summary["best"].values()):
+        best = run.evaluate("best")
+        typer.echo(results_table(best, specs, label="dev, each task's best checkpoint (not one model)"))
+    for s in summary["skipped"]:
         typer.echo(f"note: {s}")
 
 
@@ -81,21 +81,23 @@ def _draws_line(summary: dict) -> str:
 @app.command("eval")
 def eval_(
     run_dir: Path = typer.Argument(..., help="run directory"),
-    last: bool = typer.Option(False, "--last", help="score the last checkpoint instead of each task's best"),
+    best: bool = typer.Option(False, "--best", help="score each task with its own best checkpoint (then the "
+                              "average is not one model's) instead of the last checkpoint"),
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
-    """Print and save (RUN/eval.json) the dev metrics of a run."""
+    """Print and save (RUN/eval.json) the dev metrics of a run: by default the last checkpoint, one model."""
     _setup(glue_dir)
     from manytask.report.tables import results_table
     from manytask.runs import Run
 
     try:
         run = Run.open(run_dir)
-        result = run.evaluate("last" if last else "best")
+        result = run.evaluate("best" if best else "last")
     except FileNotFoundError as e:
         _fail(str(e))
         return
-    typer.echo(results_table(result, _specs(run), label="dev"))
+    label = "dev, each task's best checkpoint (not one model)" if best else "dev, last checkpoint (one model)"
+    typer.echo(results_table(result, _specs(run), label=label))
     typer.echo(f"saved {run_dir / 'eval.json'}")
 
 

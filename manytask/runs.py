@@ -191,8 +191,9 @@ class Run:
         load_weights(weights, model)
         return model.eval()
 
-    def evaluate(self, which: str = "best") -> dict:
-        """Dev metrics of every task, each with its best checkpoint (or the last)."""
+    def evaluate(self, which: str = "last") -> dict:
+        """Dev metrics of every task: all with the last checkpoint (one model), or each task with its own
+        best checkpoint (``which="best"``; the average is then not one model's)."""
         cfg = self.cfg
         data, skipped = load_tasks(cfg, with_train=False)
         tok = self.tokenizer()

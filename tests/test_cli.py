@@ -21,6 +21,7 @@ def test_train_eval_predict_submit(mini_glue, tiny_config, tmp_path):
     r = runner.invoke(app, ["train", "-c", _config(tmp_path, tiny_config), "-o", str(run), "--set", "train.steps=6"])
     assert r.exit_code == 0, r.output
     assert "MNLI-m (dev_matched re-split)" in r.output and "Avg" in r.output and "drawn" in r.output
+    assert "| dev, last step (one model) |" in r.output
 
     r = runner.invoke(app, ["eval", str(run)])
     assert r.exit_code == 0, r.output
@@ -80,3 +81,57 @@ def test_user_task_from_csv(tmp_path, tiny_config):
     r = runner.invoke(app, ["train", "-c", _config(tmp_path, cfg), "-o", str(tmp_path / "r")])
     assert r.exit_code == 0, r.output
     assert "reviews (acc/F1m)" in r.output
+
+
+def _user_run(tmp_path, tiny_config, test_file: bool):
+    """A user classification task (TSV with a stray quote) and a regression task, trained a few steps."""
+    rows = "".join(f"q{i}\t{chr(34) if i == 3 else ''}{'great fine' if i % 2 else 'awful dull'} {i}\t{'pos' if i % 2 else 'neg'}\n"
+                   for i in range(24))
+    (tmp_path / "t.tsv").write_text("id\treview\tsentiment\n" + rows)
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps({"a": f"w{i}", "b": f"v{i}", "score": i % 5}) + "\n"
+                                              for i in range(24)))
+    cls = {"name": "reviews", "kind": "classification", "train": str(tmp_path / "t.tsv"), "dev": str(tmp_path / "t.tsv"),
+           "text_fields": ["review"], "label_field": "sentiment", "id_field": "id", "labels": ["neg", "pos"]}
+    if test_file:
+        cls["test"] = str(tmp_path / "t.tsv")
+    reg = {"name": "sim", "kind": "regression", "train": str(tmp_path / "s.jsonl"), "dev": str(tmp_path / "s.jsonl"),
+           "text_fields": ["a", "b"], "label_field": "score", "label_range": [0, 4]}
+    cfg = {"tasks": [cls, reg], "model": tiny_config["model"],
+           "train": {"steps": 4, "batch_size": 8, "lr": 1e-3, "progress": False}}
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "-c", _config(tmp_path, cfg), "-o", str(run)])
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def test_user_tasks_predict_one_row_per_record_and_submit(tmp_path, tiny_config):
+    run = _user_run(tmp_path, tiny_config, test_file=True)
+    inp = tmp_path / "in.tsv"  # a quote opening a field is text in TSV: 4 records, 4 predictions
+    inp.write_text('review\n"great fine\nawful\n"dull" grim\nfine\n')
+    r = runner.invoke(app, ["predict", str(run), "--task", "reviews", "-i", str(inp), "-o", str(tmp_path / "p.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert "wrote 4 predictions" in r.output and "one per record" in r.output
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 4
+    sims = tmp_path / "pairs.jsonl"
+    sims.write_text('{"a": "w1", "b": "v1"}\n{"a": "w2", "b": "v3"}\n')
+    r = runner.invoke(app, ["predict", str(run), "--task", "sim", "-i", str(sims), "-o", str(tmp_path / "s.jsonl")])
+    assert r.exit_code == 0, r.output
+    preds = [json.loads(l)["prediction"] for l in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert all(isinstance(p, float) and 0.0 <= p <= 4.0 for p in preds)  # numbers, not strings
+    sub = tmp_path / "sub"
+    r = runner.invoke(app, ["submit", str(run), "--out", str(sub)])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in sub.iterdir()) == ["reviews.tsv"]
+    lines = (sub / "reviews.tsv").read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 25
+    assert [l.split("\t")[0] for l in lines[1:4]] == ["q0", "q1", "q2"]  # ids from id_field
+    assert all(l.split("\t")[1] in ("neg", "pos") for l in lines[1:])
+    assert "sim: no test file in the task's entry" in r.output
+
+
+def test_submit_says_why_it_wrote_nothing(tmp_path, tiny_config):
+    run = _user_run(tmp_path, tiny_config, test_file=False)
+    r = runner.invoke(app, ["submit", str(run), "--out", str(tmp_path / "sub")])
+    assert r.exit_code == 0, r.output
+    assert "reviews: no test file in the task's entry (give 'test: FILE'" in r.output
+    assert "wrote nothing" in r.output and "see the notes above" in r.output

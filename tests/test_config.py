@@ -44,3 +44,34 @@ def test_user_task_needs_labels(tmp_path):
 def test_debug_and_demo_configs_validate():
     for name in ("configs/debug.yaml", "configs/demo.yaml"):
         assert load_config(name).tasks
+
+
+def test_glue_entries_take_scoring_keys_and_refuse_the_rest():
+    cfg = load_config(data={"tasks": [{"name": "STS-B", "primary_metric": "pearson"}, {"name": "sst2", "display": "S"}]})
+    stsb, sst2 = (t.resolve(".") for t in cfg.tasks)
+    assert cfg.tasks[0].name == "stsb" and stsb.primary == "pearson" and stsb.metrics == ["pearson", "spearman"]
+    assert sst2.title == "S"
+    assert load_config(data={"tasks": ["stsb"]}).tasks[0].resolve(".").primary == "spearman"  # BAM's average
+    with pytest.raises(ConfigError, match="'accuracy' is not a regression metric"):
+        load_config(data={"tasks": [{"name": "stsb", "primary_metric": "accuracy"}]}).tasks[0].resolve(".")
+    for key, value in (("quoting", True), ("encoding", "latin-1"), ("id_field", "x"), ("header", False)):
+        with pytest.raises(ConfigError, match=f"GLUE task: {key} cannot be set"):
+            load_config(data={"tasks": [{"name": "rte", key: value}]}).tasks[0].resolve(".")
+
+
+@pytest.mark.parametrize("tasks, first, second", [
+    (["sst2", "SST-2"], "'sst2', GLUE", "'SST-2', GLUE"),
+    (["rte", {"name": "RTE", "kind": "classification", "train": "x.tsv", "text_fields": ["a"], "label_field": "b",
+              "labels": ["p", "q"]}], "'rte', GLUE", "'RTE', user task"),
+    ([{"name": "intent", "kind": "classification", "train": "x.tsv", "text_fields": ["a"], "label_field": "b",
+       "labels": ["p", "q"]}, {"name": "Intent", "kind": "classification", "train": "y.tsv", "text_fields": ["a"],
+                               "label_field": "b", "labels": ["p", "q"]}], "'intent', user task", "'Intent', user task"),
+])
+def test_the_same_task_twice_is_refused_naming_both_entries(tasks, first, second):
+    with pytest.raises(ConfigError, match=rf"tasks\[0\] \({first}\) and tasks\[1\] \({second}\) are the same task"):
+        load_config(data={"tasks": tasks})
+
+
+def test_a_glue_alias_keys_per_task_settings_by_its_canonical_name():
+    cfg = load_config(data={"tasks": [{"name": "SST-2", "branch_layers": 2}]})
+    assert cfg.tasks[0].name == "sst2" and cfg.tasks[0].branch_layers == 2

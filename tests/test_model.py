@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -79,3 +81,33 @@ def test_mean_pooling_ignores_padding():
     padded[:, 3:] = 99.0
     assert torch.allclose(mean_pool(h, m), mean_pool(padded, m))
     assert torch.allclose(mean_pool(h, m), h[:, :3].mean(1))
+
+
+def test_pooler_pooling_uses_the_pretrained_pooler(encoder_and_batch, tmp_path):
+    """pooling: pooler puts heads on BERT's dense + tanh over [CLS], with the encoder's pretrained weights."""
+    from safetensors import safe_open
+    from transformers import BertConfig, BertModel
+
+    from manytask.config import ConfigError
+    from manytask.models.encoder import resolve_encoder
+
+    minilm = load_encoder(ModelConfig(pooling="pooler"))
+    path = next(Path(resolve_encoder("default")).glob("*.safetensors"))
+    with safe_open(str(path), "pt") as f:
+        assert torch.equal(minilm.pooler.dense.weight, f.get_tensor("pooler.dense.weight"))
+    enc, batch = encoder_and_batch
+    pooled_enc = load_encoder(ModelConfig(random_init=RandomEncoder(num_layers=3), pooling="pooler")).eval()
+    model = MultiTaskModel(pooled_enc, SPECS, pooling="pooler").eval()
+    with torch.no_grad():
+        last = pooled_enc(**batch).last_hidden_state
+        out = model(**batch)
+    want = torch.tanh(pooled_enc.pooler.dense(last[:, 0]))
+    assert torch.allclose(out["rte"], model.heads["rte"](want), atol=1e-6)
+    # an encoder saved without a pooler cannot give pooling: pooler
+    bare = BertModel(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32), add_pooling_layer=False)
+    bare.save_pretrained(str(tmp_path / "bare"))
+    with pytest.raises(ConfigError, match="has no pretrained pooler"):
+        load_encoder(ModelConfig(encoder=str(tmp_path / "bare"), pooling="pooler"))
+    with pytest.raises(ValueError, match="needs the encoder's pooler"):
+        MultiTaskModel(enc, SPECS, pooling="pooler")

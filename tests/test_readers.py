@@ -115,3 +115,56 @@ def test_real_glue_quirks_if_present():
     for (task, split), n in counts.items():
         spec = glue_task(task)
         assert len(read_split(spec, split, spec.split_root(root))) == n
+
+
+# ---- user data is never silently changed: quoting, multi-line records, encodings, line numbers -------------
+def test_tsv_quotes_are_text_by_default(tmp_path):
+    """A '"' opening a TSV field must not swallow the following lines (GLUE's files hold such quotes)."""
+    quote = '"'
+    lines = ["text\tlabel"] + [f'{quote if i == 2 else ""}sentence {i}\t{"yes" if i % 2 else "no"}' for i in range(30)]
+    spec = _user(tmp_path, "q.tsv", "\n".join(lines) + "\n", text_fields=["text"], label_field="label",
+                 labels=["yes", "no"])
+    ex = read_split(spec, "train", tmp_path)
+    assert len(ex) == 30 and ex[2].text_a == '"sentence 2' and ex[3].text_a == "sentence 3"
+
+
+def test_a_quoted_record_over_several_lines_is_refused_unless_allowed(tmp_path):
+    text = 'text,label\nfine,yes\n"two\nlines",no\nok,yes\n'
+    spec = _user(tmp_path, "m.csv", text, text_fields=["text"], label_field="label", labels=["yes", "no"])
+    with pytest.raises(DataError, match=r"m\.csv, line 3: a quoted field runs from line 3 to line 4.*multiline: true"):
+        read_split(spec, "train", tmp_path)
+    spec = _user(tmp_path, "m.csv", text, text_fields=["text"], label_field="label", labels=["yes", "no"],
+                 multiline=True)
+    ex = read_split(spec, "train", tmp_path)
+    assert [e.text_a for e in ex] == ["fine", "two\nlines", "ok"] and ex[2].key == "5"  # keys: starting lines
+    tsv = _user(tmp_path, "m.tsv", 'text\tlabel\n"a\tyes\nb"\tno\n', text_fields=["text"], label_field="label",
+                labels=["yes", "no"], quoting=True)
+    with pytest.raises(DataError, match=r"m\.tsv, line 2: a quoted field runs from line 2 to line 3"):
+        read_split(tsv, "train", tmp_path)
+
+
+def test_an_unclosed_csv_quote_is_reported_on_its_own_line(tmp_path):
+    text = "text,label\n" + "".join(f"row {i},yes\n" for i in range(5)) + '"unclosed,no\nmore,yes\nlast,no\n'
+    spec = _user(tmp_path, "u.csv", text, text_fields=["text"], label_field="label", labels=["yes", "no"])
+    with pytest.raises(DataError, match=r"u\.csv, line 7: "):
+        read_split(spec, "train", tmp_path)
+    spec = _user(tmp_path, "u.csv", text, text_fields=["text"], label_field="label", labels=["yes", "no"],
+                 multiline=True)
+    with pytest.raises(DataError, match=r"u\.csv, line 7: malformed CSV"):
+        read_split(spec, "train", tmp_path)
+
+
+def test_a_file_that_is_not_utf8_names_line_and_byte_offset(tmp_path):
+    path = tmp_path / "l.tsv"
+    path.write_bytes("text\tlabel\nfine\tyes\n".encode() + "café au lait\tno\n".encode("latin-1"))
+    spec = TaskEntry(name="mine", kind="classification", train=str(path), text_fields=["text"], label_field="label",
+                     labels=["yes", "no"]).resolve(tmp_path)
+    with pytest.raises(DataError, match=r"l\.tsv, line 3: not valid utf-8 at byte offset 23 \(column 4, bytes e9\)"
+                                       r".*encoding"):
+        read_split(spec, "train", tmp_path)
+    spec = TaskEntry(name="mine", kind="classification", train=str(path), text_fields=["text"], label_field="label",
+                     labels=["yes", "no"], encoding="latin-1").resolve(tmp_path)
+    assert read_split(spec, "train", tmp_path)[1].text_a == "café au lait"
+    with pytest.raises(Exception, match="unknown encoding 'latin-99'"):
+        TaskEntry(name="mine", kind="classification", train=str(path), text_fields=["text"], label_field="label",
+                  labels=["yes", "no"], encoding="latin-99").resolve(tmp_path)

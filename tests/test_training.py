@@ -66,7 +66,7 @@ def test_best_checkpoint_per_task_and_run_files(mini_glue, tiny_config, tmp_path
     data = json.loads((out / "data.json").read_text())
     assert "re-split" in data["tasks"]["mnli"]["eval"]["dev_matched_heldout"]["title"]
     assert sum(d["batches"] for d in summary["draws"].values()) == 12
-    result = Run.open(out).evaluate()
+    result = Run.open(out).evaluate("best")
     for task, info in best.items():
         assert result["primary"][task] == pytest.approx(info["score"], abs=1e-6)
 
@@ -106,3 +106,15 @@ def test_a_mixed_batch_goes_through_the_trunk_once_and_each_example_through_its_
         assert per_task[task] == pytest.approx(own.item(), abs=1e-5), task
         want += own.item() * len(idx) / n
     assert loss.item() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooler"])
+def test_eval_scores_one_model_by_default(mini_glue, tiny_config, tmp_path, pooling):
+    """The default average is one model's (the last checkpoint); per-task best checkpoints are asked for."""
+    out = tmp_path / "r"
+    tiny_config["model"]["pooling"] = pooling  # the reopened run rebuilds its pooler too
+    summary = train_run(load_config(data=tiny_config), out)
+    last = Run.open(out).evaluate()
+    assert last["checkpoint"] == "last"
+    for task, value in last["primary"].items():
+        assert value == pytest.approx(summary["final"]["primary"][task], abs=1e-6)

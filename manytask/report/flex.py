@@ -75,7 +75,9 @@ def markdown(rep: dict, delta: float, titles: dict) -> str:
     names = rep["tasks"]
     rule = rep.get("mixed_rule", {}).get("rule", "per_layer")
     teachers = rep.get("teachers", {})
-    lines = [f"Dev score x100 (primary metric; best checkpoint, chosen on dev as in the paper) and the task's own "
+    metrics = rep.get("primary", {})
+    which = (" — " + ", ".join(f"{titles.get(t, t)} {metrics[t]}" for t in names if t in metrics)) if metrics else ""
+    lines = [f"Dev score x100 (primary metric{which}; best checkpoint, chosen on dev as in the paper) and the task's own "
              f"layers in brackets. Overhead: layers run per input for all {len(names)} tasks — the frozen trunk once, "
              f"up to the deepest split, plus every branch — and as % of {len(names)} full {rep['encoder_layers']}-layer "
              f"models; GFLOPs for one input of {rep['flops']['seq_len']} tokens (transformer layers only). "
@@ -120,10 +122,13 @@ def plot(rep: dict, path: Path) -> None:
 
 
 def write_report(out: Path, delta: float) -> dict:
+    from manytask.flex.config import load_flex
     from manytask.tasks import glue_task
 
     out = Path(out)
     rep = build(out)
+    entries = {e.name: e for e in load_flex(out / "flex.yaml").tasks}
+    rep["primary"] = {t: entries[t].resolve(Path.cwd()).primary for t in rep["tasks"] if t in entries}
     titles = {t: (glue_task(t).title if glue_task(t) else t) for t in rep["tasks"]}
     text = markdown(rep, delta, titles)
     atomic_write_text(out / "report.md", text)
