@@ -350,8 +350,17 @@ def serve(
     max_batch: int = typer.Option(32, help="inputs per forward pass"),
     max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
     max_inputs: int = typer.Option(64, help="inputs per request"),
-    admin_token_file: Optional[Path] = typer.Option(None, help="file holding the admin bearer token "
-                                                    "(else $MANYTASK_ADMIN_TOKEN; without one, admin calls are refused)"),
+    max_text_chars: int = typer.Option(10_000, help="characters per text"),
+    max_body_bytes: int = typer.Option(1_000_000, help="request body size, counted as it arrives"),
+    admin_token_file: Optional[Path] = typer.Option(None, help="file holding the admin bearer token, 16 characters "
+                                                    "or more (else $MANYTASK_ADMIN_TOKEN; without one, admin calls "
+                                                    "are refused)"),
+    source_root: list[Path] = typer.Option([], "--source-root", help="directory that admin PUT sources must lie "
+                                           "under (repeat; default: the bundle's parent directory)"),
+    limit_concurrency: int = typer.Option(256, help="connections and requests at once; beyond, 503"),
+    timeout_keep_alive: int = typer.Option(5, help="seconds an idle keep-alive connection is kept"),
+    header_timeout: float = typer.Option(10.0, help="seconds a connection has to send a complete request head"),
+    body_timeout: float = typer.Option(30.0, help="seconds a request has to send its whole body"),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/tasks, /healthz, /metrics, admin PUT/DELETE /v1/tasks/{name}."""
@@ -359,9 +368,10 @@ def serve(
     import torch
     import uvicorn
 
-    from manytask.serving.app import Limits, create_app
+    from manytask.serving.app import Limits, check_token, create_app
     from manytask.serving.bundle import Bundle, BundleError
     from manytask.serving.predictor import MergedPredictor, SeparatePredictor
+    from manytask.serving.protocol import protocol_with
 
     if threads:
         torch.set_num_threads(threads)
@@ -369,7 +379,14 @@ def serve(
     if admin_token_file is not None:
         if not admin_token_file.is_file():
             _fail(f"admin token file not found: {admin_token_file}")
-        token = admin_token_file.read_text().strip()
+        token = admin_token_file.read_text()
+    try:
+        token = check_token(token)
+    except ValueError as e:
+        _fail(str(e))
+    missing_roots = [str(r) for r in source_root if not r.is_dir()]
+    if missing_roots:
+        _fail(f"--source-root: not a directory: {', '.join(missing_roots)}")
     if (bundle is None) == (not run):
         _fail("give either a bundle or one or more --run TASK=RUN_DIR")
     bad = [r for r in run if "=" not in r]
@@ -383,8 +400,11 @@ def serve(
     except (BundleError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
         return
-    limits = Limits(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    uvicorn.run(create_app(predictor, limits, token), host=host, port=port, log_level="warning")
+    limits = Limits(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, max_text_chars=max_text_chars,
+                    max_body_bytes=max_body_bytes)
+    app_ = create_app(predictor, limits, token, source_root or None, body_timeout=body_timeout)
+    uvicorn.run(app_, host=host, port=port, log_level="warning", http=protocol_with(header_timeout),
+                limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive)
 
 
 def main() -> None:  # console-script entry point

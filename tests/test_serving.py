@@ -18,7 +18,7 @@ from manytask.serving.bundle import Bundle, package_from_run
 from manytask.serving.predictor import MergedPredictor, SeparatePredictor, answer, tokenize
 from tests.test_flex import PAIRS, TEXTS, other_run, selected_run
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-24-chars"
 
 
 @pytest.fixture
@@ -28,8 +28,9 @@ def bundle(flex_run, tmp_path) -> Bundle:
 
 
 @pytest.fixture
-def client(bundle):
-    app = create_app(MergedPredictor(bundle), Limits(max_inputs=8, max_body_bytes=20_000, max_wait_ms=2), TOKEN)
+def client(flex_run, bundle):
+    app = create_app(MergedPredictor(bundle), Limits(max_inputs=8, max_body_bytes=20_000, max_wait_ms=2), TOKEN,
+                     source_roots=[flex_run[1]])
     with TestClient(app) as c:
         yield c
 
@@ -102,15 +103,20 @@ def test_bad_requests_get_clear_4xx_and_the_server_goes_on(client, payload, stat
     assert client.post("/v1/predict", json={"inputs": [{"text": "fine"}]}).status_code == 200
 
 
-def test_malformed_json_is_a_422_and_a_streamed_body_a_411(client):
+def test_malformed_json_is_a_422_and_a_streamed_body_is_counted(client):
     res = client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert res.status_code == 422 and "JSON" in res.json()["error"]
 
-    def stream():
-        yield b'{"inputs": [{"text": "x"}]}'
+    def stream(n):
+        yield b'{"inputs": [{"text": "'
+        for _ in range(n):
+            yield b"x" * 1000
+        yield b'"}]}'
 
-    res = client.post("/v1/predict", content=stream(), headers={"content-type": "application/json"})
-    assert res.status_code == 411 and "Content-Length" in res.json()["error"]
+    res = client.post("/v1/predict", content=stream(5), headers={"content-type": "application/json"})
+    assert res.status_code == 200, res.text  # a chunked body of unknown length is read, and counted
+    res = client.post("/v1/predict", content=stream(50), headers={"content-type": "application/json"})
+    assert res.status_code == 413 and "over 20000 bytes" in res.json()["error"]
 
 
 def test_admin_calls_need_the_token(flex_run, bundle, client):

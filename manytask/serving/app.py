@@ -6,30 +6,37 @@
     DELETE /v1/tasks/{name}   (admin)
     GET    /healthz, /metrics (Prometheus)
 
-Admin calls need ``Authorization: Bearer <token>``; the token comes from an environment variable
-or a file and is never logged. Without a token, admin calls are refused.
+Every error is ``{"error": "<what is wrong>"}`` with a 4xx naming the fault (500 only for a failure of
+the server itself, logged). Admin calls need ``Authorization: Bearer <token>`` (16 characters or more,
+never logged); without a token they are refused. A PUT's ``source`` must lie under one of the server's
+source roots, and the package is loaded and run on a probe input before anything is written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import time
 from contextlib import asynccontextmanager
-from typing import Optional
+from pathlib import Path
+from typing import Annotated, Optional
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from manytask.serving.batcher import MicroBatcher
 from manytask.serving.bundle import BundleError, load_package
+from manytask.serving.guard import RequestGuard
 from manytask.serving.predictor import MergedPredictor, Predictor
 
 log = logging.getLogger(__name__)
+
+MIN_TOKEN_CHARS = 16
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 class Limits(BaseModel):
@@ -38,6 +45,15 @@ class Limits(BaseModel):
     max_body_bytes: int = 1_000_000
     max_batch: int = 32  # inputs per forward pass
     max_wait_ms: float = 5.0
+
+
+def _utf8(value: str) -> str:
+    """Text must be encodable as UTF-8: a lone surrogate (valid JSON, not valid text) is refused here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at character {e.start})") from None
+    return value
 
 
 class InputItem(BaseModel):
@@ -50,34 +66,93 @@ class InputItem(BaseModel):
     def _not_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("text is empty")
-        return v
+        return _utf8(v)
+
+    @field_validator("text_pair")
+    @classmethod
+    def _pair(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _utf8(v)
+
+
+TaskName = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     inputs: list[InputItem] = Field(min_length=1)
-    tasks: Optional[list[str]] = None
+    tasks: Optional[list[TaskName]] = Field(default=None, min_length=1, max_length=256)
+
+    @field_validator("tasks")
+    @classmethod
+    def _names(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+        return None if v is None else [_utf8(t) for t in v]
 
 
 class PutTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: str  # a task package directory, or a run directory (with "task")
-    task: Optional[str] = None
+    source: str = Field(min_length=1, max_length=4096)  # a task package directory, or a run directory
+    task: Optional[TaskName] = None  # the task in that run (default: the name in the URL)
+
+    @field_validator("source", "task")
+    @classmethod
+    def _text(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _utf8(v)
+
+
+Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=64)]  # a task name in a URL
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+def _errors(*codes: int) -> dict:
+    why = {400: "bad request or unusable task package", 401: "missing or wrong admin token",
+           403: "admin calls disabled, or source outside the source roots", 404: "unknown task",
+           405: "method not allowed", 409: "this server serves separate models, not a bundle",
+           411: "length required", 413: "body or inputs over the limits", 422: "invalid request",
+           500: "server failure (logged)"}
+    return {c: {"model": ErrorBody, "description": why[c]} for c in codes}
 
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_token: Optional[str] = None) -> FastAPI:
+def check_token(token: Optional[str]) -> Optional[str]:
+    """The admin token without surrounding whitespace; refused when shorter than 16 characters."""
+    if token is None:
+        return None
+    token = token.strip()
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"the admin token must be at least {MIN_TOKEN_CHARS} characters (got {len(token)})")
+    return token
+
+
+def within(source: str, roots: list[Path]) -> Optional[Path]:
+    """The source path, resolved, if it lies under one of the roots (nothing on disk is looked at)."""
+    try:
+        path = Path(source).expanduser().resolve(strict=False)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return path if any(path == r or path.is_relative_to(r) for r in roots) else None
+
+
+def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_token: Optional[str] = None,
+               source_roots: Optional[list[Path]] = None, body_timeout: float = 30.0) -> FastAPI:
     limits = limits or Limits()
+    admin_token = check_token(admin_token)
+    if source_roots is None:
+        source_roots = [predictor.bundle.root.parent] if isinstance(predictor, MergedPredictor) else []
+    roots = [Path(r).expanduser().resolve() for r in source_roots]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         await app.state.batcher.stop()
 
-    app = FastAPI(title="manytask", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(title="manytask", docs_url=None, redoc_url=None, lifespan=lifespan,
+                  responses=_errors(400, 404, 405, 413, 422, 500))
     registry = CollectorRegistry()
     requests_total = Counter("manytask_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("manytask_request_seconds", "Request latency", ["endpoint"], registry=registry,
@@ -89,46 +164,33 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     admin_lock = asyncio.Lock()
     app.state.predictor, app.state.batcher = predictor, batcher
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
-        size = request.headers.get("content-length")
-        endpoint = request.url.path if not request.url.path.startswith("/v1/tasks/") else "/v1/tasks/{name}"
-        start = time.perf_counter()
-        if size is None and request.method in ("POST", "PUT"):
-            # a streamed body of unknown size could be any size: ask for a declared length instead
-            response = _error(411, "send a Content-Length header (streamed request bodies are not accepted)")
-        elif size is not None and (not size.isdigit() or int(size) > limits.max_body_bytes):
-            response = _error(413, f"request body too large ({size} bytes; limit {limits.max_body_bytes})")
-        else:
-            response = await call_next(request)
-        latency.labels(endpoint).observe(time.perf_counter() - start)
-        requests_total.labels(endpoint, str(response.status_code)).inc()
-        return response
+    def observe(endpoint: str, status: int, seconds: float) -> None:
+        latency.labels(endpoint).observe(seconds)
+        requests_total.labels(endpoint, str(status)).inc()
+
+    def is_admin(method: str, path: str) -> bool:
+        return method in ("PUT", "DELETE") and path.startswith("/v1/tasks/")
+
+    app.add_middleware(RequestGuard, routes=app.router.routes, max_body_bytes=limits.max_body_bytes,
+                       admin_token=admin_token, is_admin=is_admin, observe=observe, body_timeout=body_timeout)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
+    async def _invalid(request, exc: RequestValidationError):
         parts = []
         for e in exc.errors():
             loc = ".".join(str(x) for x in e["loc"] if x != "body")
             parts.append(f"{loc or 'body'}: {e['msg']}")
         return _error(422, "; ".join(parts))
 
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail))
-
-    def _admin(request: Request) -> None:
-        if not admin_token:
-            raise HTTPException(403, "admin calls are disabled: start the server with an admin token")
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not hmac.compare_digest(given[7:].encode(), admin_token.encode()):
-            raise HTTPException(401, "admin call needs a valid 'Authorization: Bearer <token>' header")
 
     @app.get("/healthz")
     async def healthz():
         return {"status": "ok", "tasks": len(predictor.specs())}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -139,7 +201,7 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
                            "text_fields": len(s.text_fields), "layers_run": predictor.layers_run([n])}
                           for n, s in sorted(specs.items())]}
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", responses=_errors(404, 413, 422, 500))
     async def predict(req: PredictRequest):
         if len(req.inputs) > limits.max_inputs:
             raise HTTPException(413, f"too many inputs: {len(req.inputs)} (limit {limits.max_inputs} per request)")
@@ -172,27 +234,28 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
             task_count.labels(t).inc(len(texts))
         return {"tasks": tasks, "results": results}
 
-    @app.put("/v1/tasks/{name}")
-    async def put_task(name: str, body: PutTask, request: Request):
-        _admin(request)
+    @app.put("/v1/tasks/{name}", responses=_errors(400, 401, 403, 409, 422, 500))
+    async def put_task(name: Name, body: PutTask):
         if not isinstance(predictor, MergedPredictor):
             raise HTTPException(409, "this server does not serve a bundle; tasks cannot be changed")
+        source = within(body.source, roots)
+        if source is None:  # said the same way whether or not the path exists
+            raise HTTPException(403, "source must lie under one of the server's source roots (--source-root)")
         loop = asyncio.get_running_loop()
         async with admin_lock:
             try:
-                pkg = await loop.run_in_executor(None, load_package, body.source, body.task or name)
+                pkg = await loop.run_in_executor(None, load_package, source, body.task or name)
                 if pkg.spec.name != name:
                     raise BundleError(f"the package is for task {pkg.spec.name!r}, not {name!r}")
                 existed = name in predictor.specs()
                 entry = await loop.run_in_executor(None, predictor.put, pkg)
-            except (BundleError, FileNotFoundError) as e:
-                raise HTTPException(400, str(e)) from None
+            except (BundleError, OSError) as e:
+                raise HTTPException(400, str(e) if isinstance(e, BundleError) else f"source unreadable: {e.strerror}") from None
         log.info("task %s %s", name, "updated" if existed else "added")
         return {"task": name, "action": "updated" if existed else "added", "entry": entry}
 
-    @app.delete("/v1/tasks/{name}")
-    async def delete_task(name: str, request: Request):
-        _admin(request)
+    @app.delete("/v1/tasks/{name}", responses=_errors(401, 403, 404, 409, 422, 500))
+    async def delete_task(name: Name):
         if not isinstance(predictor, MergedPredictor):
             raise HTTPException(409, "this server does not serve a bundle; tasks cannot be changed")
         async with admin_lock:

@@ -1,7 +1,8 @@
 """Dynamic batching: requests that arrive within ``max_wait_ms`` of each other share one forward pass.
 
 Requests asking for the same tasks, input shape (single texts or pairs) and model snapshot are grouped; a group
-is run once, up to ``max_batch`` inputs, in a worker thread so the event loop keeps answering.
+is run once, up to ``max_batch`` inputs, in a worker thread so the event loop keeps answering. When a group
+fails, its requests are run again one by one, so only a request that fails on its own gets the error.
 """
 
 from __future__ import annotations
@@ -82,20 +83,29 @@ class MicroBatcher:
             for j in jobs:
                 groups.setdefault(j.key, []).append(j)
             for group in groups.values():
-                texts = [t for j in group for t in j.texts]
-                pairs = [p for j in group for p in j.pairs] if group[0].pairs is not None else None
-                try:
-                    results = await loop.run_in_executor(self.executor, self.run, texts, pairs, group[0].tasks,
-                                                         group[0].snapshot)
-                except Exception as e:  # a failed batch fails its requests, not the server
-                    for j in group:
-                        if not j.future.done():
-                            j.future.set_exception(e)
-                    continue
-                if self.on_batch:
-                    self.on_batch(len(texts))
-                start = 0
-                for j in group:
-                    if not j.future.done():
-                        j.future.set_result(results[start: start + len(j.texts)])
-                    start += len(j.texts)
+                await self._run_group(loop, group)
+
+    async def _run_group(self, loop, group: list[Job]) -> None:
+        try:
+            results = await self._run(loop, group)
+        except Exception as e:
+            if len(group) == 1:
+                if not group[0].future.done():
+                    group[0].future.set_exception(e)
+                return
+            for job in group:  # isolate the failure: each request alone
+                await self._run_group(loop, [job])
+            return
+        start = 0
+        for j in group:
+            if not j.future.done():
+                j.future.set_result(results[start: start + len(j.texts)])
+            start += len(j.texts)
+
+    async def _run(self, loop, group: list[Job]) -> list[dict]:
+        texts = [t for j in group for t in j.texts]
+        pairs = [p for j in group for p in j.pairs] if group[0].pairs is not None else None
+        results = await loop.run_in_executor(self.executor, self.run, texts, pairs, group[0].tasks, group[0].snapshot)
+        if self.on_batch:
+            self.on_batch(len(texts))
+        return results

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -37,6 +38,15 @@ TASK_FORMAT = "manytask-task/1"
 
 class BundleError(ValueError):
     """A bundle or task package that cannot be used; the message names the task and the file."""
+
+
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # also a directory name and a URL segment
+
+
+def check_task_name(name: str) -> None:
+    if not TASK_NAME.match(name):
+        raise BundleError(f"task name {name!r} is not valid: 1-64 letters, digits, '_' or '-', starting with a "
+                          "letter or digit")
 
 
 def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
@@ -91,11 +101,56 @@ class TaskPackage:
         meta_path = directory / "task.json"
         if not meta_path.is_file() or not (directory / "task.safetensors").is_file():
             raise BundleError(f"{directory}: not a task package (needs task.json and task.safetensors)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != TASK_FORMAT:
-            raise BundleError(f"{meta_path}: format {meta.get('format')!r}, expected {TASK_FORMAT}")
-        return cls(TaskSpec.model_validate(meta["spec"]), meta["split_depth"], meta["layers"], meta["pooling"],
-                   meta["trunk_sha256"], load_file(str(directory / "task.safetensors")), meta.get("info", {}))
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict) or meta.get("format") != TASK_FORMAT:
+                raise BundleError(f"{meta_path}: not a {TASK_FORMAT} file")
+            spec = TaskSpec.model_validate(meta["spec"])
+            fields = (int(meta["split_depth"]), int(meta["layers"]), str(meta["pooling"]), str(meta["trunk_sha256"]))
+        except (ValueError, KeyError, TypeError) as e:  # JSON, pydantic and conversion errors are ValueErrors
+            if isinstance(e, BundleError):
+                raise
+            raise BundleError(f"{meta_path}: damaged or incomplete task file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+        try:
+            tensors = load_file(str(directory / "task.safetensors"))
+        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+            raise BundleError(f"{directory / 'task.safetensors'}: not readable as safetensors ({e})") from None
+        return cls(spec, *fields, tensors, meta.get("info", {}) if isinstance(meta.get("info"), dict) else {})
+
+    def check(self, trunk: MultiTaskModel) -> None:
+        """Refuse a package that would break serving, before anything is written: a bad name, a head whose
+        size differs from the label count, non-finite weights, or a probe forward pass that fails or gives
+        non-finite or mis-shaped outputs on the bundle's trunk."""
+        name = self.spec.name
+        check_task_name(name)
+        head = self.tensors.get("head.out.weight")
+        if head is None or head.dim() != 2:
+            raise BundleError(f"task {name!r}: the package has no head weights (head.out.weight)")
+        if head.shape[0] != self.spec.num_outputs:
+            raise BundleError(f"task {name!r}: the head has {head.shape[0]} outputs, the task declares "
+                              f"{self.spec.num_outputs} ({self.spec.labels or 'one score'})")
+        bad = sorted(k for k, v in self.tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+        if bad:
+            raise BundleError(f"task {name!r}: non-finite weights (NaN or Inf) in {', '.join(bad[:3])}")
+        if self.split_depth < 0 or self.layers < 0 or self.split_depth + self.layers > trunk.num_layers:
+            raise BundleError(f"task {name!r}: a branch of {self.layers} layer(s) from split depth {self.split_depth} "
+                              f"does not fit the {trunk.num_layers}-layer trunk")
+        probe = trunk.share([])
+        try:
+            self.attach(probe)
+            vocab = trunk.config.vocab_size
+            ids = torch.tensor([[min(101, vocab - 1), 1 % vocab, 2 % vocab, min(102, vocab - 1)]])
+            with torch.inference_mode():
+                out = probe.eval()(ids, torch.ones_like(ids), torch.zeros_like(ids), tasks=[name])[name]
+        except BundleError:
+            raise
+        except Exception as e:
+            raise BundleError(f"task {name!r}: a probe forward pass failed ({type(e).__name__}: {e})") from None
+        want = (1, self.spec.num_outputs) if self.spec.kind == "classification" else (1,)
+        if tuple(out.shape) != want or not torch.isfinite(out).all():
+            raise BundleError(f"task {name!r}: the probe forward pass gave {tuple(out.shape)} "
+                              f"{'non-finite ' if not torch.isfinite(out).all() else ''}outputs, expected {want}")
 
     def attach(self, model: MultiTaskModel) -> None:
         """Add this task (branch and head) to a model that has the same trunk."""
@@ -154,7 +209,14 @@ class Bundle:
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.root / "manifest.json").read_text())
+        path = self.root / "manifest.json"
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise BundleError(f"{path}: unreadable or damaged ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "trunk" not in manifest:
+            raise BundleError(f"{path}: not a {FORMAT} manifest")
+        return manifest
 
     @property
     def trunk_sha256(self) -> str:
@@ -193,9 +255,13 @@ class Bundle:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def put(self, pkg: TaskPackage, replace: Optional[bool] = None) -> dict:
-        """Add (replace=False), update (True) or either (None) one task; the others are not touched."""
+    def put(self, pkg: TaskPackage, replace: Optional[bool] = None, model: Optional[MultiTaskModel] = None) -> dict:
+        """Add (replace=False), update (True) or either (None) one task; the others are not touched.
+
+        The package is checked against the trunk (``model``'s, or the bundle's own, loaded) before
+        anything is written."""
         name = pkg.spec.name
+        check_task_name(name)
         with self._lock():
             manifest = self.manifest
             trunk = manifest["trunk"]
@@ -212,6 +278,7 @@ class Bundle:
                 raise BundleError(f"task {name!r} is already in the bundle: use update")
             if replace is True and not exists:
                 raise BundleError(f"task {name!r} is not in the bundle: use add")
+            pkg.check(model if model is not None else self.trunk_model())
             staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.root / "tasks"))
             try:
                 pkg.write(staging)

@@ -85,7 +85,7 @@ class MergedPredictor(Predictor):
     def put(self, pkg: TaskPackage) -> dict:
         """Write the task into the bundle, then swap in a snapshot that has it."""
         with self._write:
-            entry = self.bundle.put(pkg)
+            entry = self.bundle.put(pkg, model=self.model)  # checked on the served trunk before it is written
             fresh = self.model.share([n for n in self.model.task_names if n != pkg.spec.name])
             self.bundle.package(pkg.spec.name).attach(fresh)  # read back what was written
             self.model = fresh.eval()
