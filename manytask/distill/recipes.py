@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import ValidationError, field_validator, model_validator
 
-from manytask.config import ModelConfig, TaskEntry, TrainConfig, first_error, check_task_entries, load_model
+from manytask.config import ModelConfig, TaskEntry, TrainConfig, check_task_entries, first_error, load_model
 from manytask.tasks import StrictModel
 
 
@@ -81,7 +81,6 @@ class StudyConfig(StrictModel):
     holm_family: Literal["report", "comparison"] = "report"
     trace: Optional[str] = None  # recipe whose dev score is followed over training (first seed), for the plot
     trace_evals: int = 6
-
 
     @field_validator("tasks")
     @classmethod
