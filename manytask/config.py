@@ -45,13 +45,14 @@ class TaskEntry(StrictModel):
     split_depth: Optional[int] = None  # where the branch starts (default L - k; less for a compressed branch)
     loss_weight: float = 1.0
     # user-task fields (a subset of TaskSpec, plus file shorthands)
-    kind: Optional[Literal["classification", "regression"]] = None
+    kind: Optional[Literal["classification", "regression", "tagging"]] = None
     display: Optional[str] = None
     train: Optional[str] = None
     dev: Optional[str] = None
     test: Optional[str] = None
     splits: Optional[dict[str, SplitSpec]] = None
-    format: Optional[Literal["tsv", "csv", "jsonl"]] = None
+    format: Optional[Literal["tsv", "csv", "jsonl", "conll"]] = None
+    columns: Optional[list[str]] = None  # CoNLL files: the columns' names (else fields are 0-based positions)
     header: bool = True
     quoting: Optional[bool] = None  # default by format: CSV honours quotes, TSV does not (as GLUE needs)
     multiline: bool = False  # with quoting on: allow a quoted field to run over several lines
@@ -129,12 +130,16 @@ class TaskEntry(StrictModel):
         for s in splits.values():
             if not Path(s.path).is_absolute():
                 s.path = str((base_dir / s.path).resolve())
-        default_metrics = ["accuracy"] if self.kind == "classification" else ["pearson", "spearman"]
+        default_metrics = {"classification": ["accuracy"], "regression": ["pearson", "spearman"],
+                           "tagging": []}[self.kind]  # tagging: chosen by the tag set
+        text_fields, label_field = self.text_fields, self.label_field
+        if self.kind == "tagging":  # JSONL lines {"tokens": [...], "tags": [...]} unless said otherwise
+            text_fields, label_field = text_fields or ["tokens"], "tags" if label_field is None else label_field
         try:
             return TaskSpec(
                 name=self.name, display=self.display, kind=self.kind, splits=splits, format=self.format,
-                quoting=self.quoting, multiline=self.multiline, encoding=self.encoding,
-                text_fields=self.text_fields or [], label_field=self.label_field,
+                quoting=self.quoting, multiline=self.multiline, encoding=self.encoding, columns=self.columns,
+                text_fields=text_fields or [], label_field=label_field,
                 id_field=self.id_field, labels=self.labels, label_range=self.label_range,
                 metrics=self.metrics or default_metrics, primary_metric=self.primary_metric,
             )
@@ -145,7 +150,7 @@ class TaskEntry(StrictModel):
 # what a GLUE task entry may set beside its name: run options and how it is scored; the rest is GLUE's
 GLUE_ENTRY_KEYS = ("max_train", "max_eval", "resplit", "branch_layers", "split_depth", "loss_weight", "metrics",
                    "primary_metric", "display")
-USER_TASK_KEYS = ("train", "dev", "test", "splits", "format", "header", "quoting", "multiline", "encoding",
+USER_TASK_KEYS = ("train", "dev", "test", "splits", "format", "columns", "header", "quoting", "multiline", "encoding",
                   "text_fields", "label_field", "id_field", "labels", "label_range")
 
 

@@ -106,6 +106,13 @@ def data_summary(data: list[TaskData], skipped: list[str]) -> dict:
     }
 
 
+def _take_tag_sets(cfg: RunConfig, labels: dict[str, Optional[list[str]]]) -> None:
+    """Tagging tasks whose tag set was read from a file get it written into the config."""
+    for t in cfg.tasks:
+        if t.kind == "tagging" and t.labels is None and labels.get(t.name):
+            t.labels = list(labels[t.name])
+
+
 def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
     """Train into ``out``. With resume, continue the run found there from its last checkpoint."""
     out = Path(out)
@@ -113,11 +120,14 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
     if saved.exists() and not resume:
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and saved.exists():
-        if dump_config(load_config(saved)) != dump_config(cfg):
+        own = load_config(saved)
+        _take_tag_sets(cfg, {t.name: t.labels for t in own.tasks})
+        if dump_config(own) != dump_config(cfg):
             raise ConfigError(f"{out}: the config differs from the run's own ({saved}); resume with that config")
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     data, skipped = load_tasks(cfg)
+    _take_tag_sets(cfg, {d.name: d.spec.labels for d in data})  # saved with the run: eval and serving need them
     for d in data:
         for note in d.notes:
             log.info(note)

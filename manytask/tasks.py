@@ -39,16 +39,17 @@ class TaskSpec(StrictModel):
 
     name: str
     display: Optional[str] = None
-    kind: Literal["classification", "regression"]
-    text_fields: list[Field]
+    kind: Literal["classification", "regression", "tagging"]
+    text_fields: list[Field]  # tagging: the one field (JSONL) or column (CoNLL) holding the words
     label_field: Optional[Field] = None
     id_field: Optional[Field] = None
     labels: Optional[list[str]] = None
     label_range: Optional[tuple[float, float]] = None
-    metrics: list[str]
+    metrics: list[str] = []  # tagging: default by tag set (entity scores for BIO/BIOES, else token accuracy)
     primary_metric: Optional[str] = None
     splits: dict[str, SplitSpec]
-    format: Optional[Literal["tsv", "csv", "jsonl"]] = None
+    format: Optional[Literal["tsv", "csv", "jsonl", "conll"]] = None
+    columns: Optional[list[str]] = None  # CoNLL: names of the columns, so fields can be named
     quoting: Optional[bool] = None  # None: by format (CSV honours quotes, TSV does not)
     multiline: bool = False  # with quoting: may a quoted field run over several lines?
     encoding: str = "utf-8"
@@ -65,7 +66,16 @@ class TaskSpec(StrictModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> "TaskSpec":
-        if self.kind == "classification":
+        if self.kind == "tagging":
+            if len(self.text_fields) != 1:
+                raise ValueError(f"task {self.name!r}: a tagging task reads its words from one field (text_fields)")
+            if self.labels is not None and (not self.labels or len(set(self.labels)) != len(self.labels)):
+                raise ValueError(f"task {self.name!r}: 'labels' (the tag set) must be distinct tags")
+            if self.labels is not None and not self.metrics:
+                from manytask.evaluation.tagging import default_metrics  # late: it imports seqeval
+
+                self.metrics = default_metrics(self.labels)
+        elif self.kind == "classification":
             if not self.labels or len(self.labels) < 2:
                 raise ValueError(f"task {self.name!r}: a classification task needs 'labels' (two or more)")
             if len(set(self.labels)) != len(self.labels):
@@ -78,6 +88,8 @@ class TaskSpec(StrictModel):
                 raise ValueError(f"task {self.name!r}: label_range must be [low, high] with high > low")
         from manytask.evaluation.metrics import METRICS_BY_KIND  # late: metrics imports nothing from here
 
+        if not self.metrics and not (self.kind == "tagging" and self.labels is None):
+            raise ValueError(f"task {self.name!r}: name one or more metrics")
         known = METRICS_BY_KIND[self.kind]
         for m in self.metrics + ([self.primary_metric] if self.primary_metric else []):
             if m not in known:
@@ -102,7 +114,15 @@ class TaskSpec(StrictModel):
 
     @property
     def num_outputs(self) -> int:
-        return len(self.labels) if self.kind == "classification" else 1
+        if self.kind == "tagging" and self.labels is None:
+            raise ValueError(f"task {self.name!r}: the tag set is not known yet (declare 'labels' or read the "
+                             "training file first)")
+        return 1 if self.kind == "regression" else len(self.labels)  # type: ignore[arg-type]
+
+    @property
+    def pair(self) -> bool:
+        """Does the task read a text pair (two fields)? Tagging and single-sentence tasks read one."""
+        return len(self.text_fields) == 2
 
     def scale(self, value: float) -> float:
         """Regression label on the task's range -> [0, 1], the sigmoid's range."""

@@ -12,14 +12,23 @@ from manytask.data.readers import Example
 from manytask.tasks import TaskSpec
 
 
+IGNORE = -100  # token label the loss skips: later pieces of a word, special tokens, padding
+
+
 @dataclass
 class Features:
-    """Token ids of one task split, aligned with its examples (same order, same ids)."""
+    """Token ids of one task split, aligned with its examples (same order, same ids).
+
+    Tagging tasks also keep, per example, the position of each word's first piece (-1 for a word the
+    model never sees: cut off by the length limit, or without any piece) and the gold tag per word.
+    """
 
     ids: list[str]
     input_ids: list[list[int]]
     token_type_ids: list[list[int]]
-    labels: Optional[list[float]]  # class index, or regression target scaled to [0, 1]
+    labels: Optional[list]  # class index, regression target scaled to [0, 1], or per-token tags (tagging)
+    first_piece: Optional[list[list[int]]] = None
+    word_labels: Optional[list[list[int]]] = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -28,8 +37,44 @@ class Features:
     def lengths(self) -> list[int]:
         return [len(x) for x in self.input_ids]
 
+    @property
+    def unseen_words(self) -> int:
+        """Words with no piece in the model's input (scored as wrong)."""
+        return sum(p < 0 for row in (self.first_piece or []) for p in row)
+
+
+def encode_words(words: Sequence[Sequence[str]], tokenizer: PreTrainedTokenizerBase, max_length: int):
+    """Tokenise pre-split words; returns the encoding and, per example, each word's first-piece position."""
+    enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=True, max_length=max_length,
+                    return_token_type_ids=True)
+    firsts = []
+    for i, row in enumerate(words):
+        first = [-1] * len(row)
+        for pos, w in enumerate(enc.word_ids(i)):
+            if w is not None and first[w] < 0:
+                first[w] = pos
+        firsts.append(first)
+    return enc, firsts
+
+
+def _encode_tagging(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
+    enc, firsts = encode_words([e.words or [] for e in examples], tokenizer, max_length)
+    labels = None
+    if examples and all(e.label is not None for e in examples):
+        labels = []
+        for e, first, ids in zip(examples, firsts, enc["input_ids"]):
+            row = [IGNORE] * len(ids)
+            for w, pos in enumerate(first):
+                if pos >= 0:
+                    row[pos] = e.label[w]  # type: ignore[index]
+            labels.append(row)
+    word_labels = [list(e.label) for e in examples] if labels is not None else None  # type: ignore[arg-type]
+    return Features([e.id for e in examples], enc["input_ids"], enc["token_type_ids"], labels, firsts, word_labels)
+
 
 def encode(examples: Sequence[Example], spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
+    if spec.kind == "tagging":
+        return _encode_tagging(examples, tokenizer, max_length)
     texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if spec.text_fields and len(spec.text_fields) == 2 else None
     enc = tokenizer(texts_a, texts_b, truncation="longest_first" if texts_b else True, max_length=max_length,
@@ -53,11 +98,21 @@ def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}
 
 
+def _labels(features: Features, indices: Sequence[int], width: int) -> torch.Tensor:
+    if features.first_piece is None:
+        return torch.tensor([features.labels[i] for i in indices])  # type: ignore[index]
+    out = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+    for row, i in enumerate(indices):
+        tags = features.labels[i]  # type: ignore[index]
+        out[row, : len(tags)] = torch.tensor(tags)
+    return out
+
+
 def collate(features: Features, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """A padded batch: as long as its longest member, not as long as max_length."""
     batch = _pad([(features.input_ids[i], features.token_type_ids[i]) for i in indices], pad_id)
     if features.labels is not None:
-        batch["labels"] = torch.tensor([features.labels[i] for i in indices])
+        batch["labels"] = _labels(features, indices, batch["input_ids"].shape[1])
     return batch
 
 
@@ -69,9 +124,10 @@ def collate_mixed(parts: dict[str, tuple[Features, Sequence[int]]], pad_id: int)
     rows, per_task, start = [], {}, 0
     for task, (features, indices) in parts.items():
         rows.extend((features.input_ids[i], features.token_type_ids[i]) for i in indices)
-        sub = {"rows": torch.arange(start, start + len(indices)), "index": torch.tensor(list(indices))}
-        if features.labels is not None:
-            sub["labels"] = torch.tensor([features.labels[i] for i in indices])
-        per_task[task] = sub
+        per_task[task] = {"rows": torch.arange(start, start + len(indices)), "index": torch.tensor(list(indices))}
         start += len(indices)
-    return _pad(rows, pad_id), per_task
+    inputs = _pad(rows, pad_id)
+    for task, (features, indices) in parts.items():
+        if features.labels is not None:
+            per_task[task]["labels"] = _labels(features, indices, inputs["input_ids"].shape[1])
+    return inputs, per_task

@@ -52,6 +52,8 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 
 def _strata(spec: TaskSpec, examples: list[Example]) -> np.ndarray:
+    if spec.kind == "tagging":
+        return np.zeros(len(examples), dtype=int)  # one stratum: a sentence has many tags
     labels = np.asarray([e.label for e in examples], dtype=float)
     if spec.kind == "classification":
         return labels.astype(int)
@@ -133,6 +135,8 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
         if not evals:
             raise MissingData(f"task {spec.name!r}: no evaluation file present "
                               f"({', '.join(str(root / spec.splits[s].path) for s in dev_splits) or 'none declared'})")
+    if spec.kind == "tagging" and spec.labels is None:
+        spec = _with_tag_set(spec, train, evals, notes)
     before = len(train)
     train = cap(train, entry.max_train, data_seed, spec.name + "/train")
     if len(train) < before:
@@ -143,6 +147,20 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
         if len(evals[s]) < n:
             notes.append(f"{titles[s]}: evaluation set capped to {len(evals[s])} of {n} examples")
     return TaskData(spec, entry, train, evals, titles, notes, hashes, before)
+
+
+def _with_tag_set(spec: TaskSpec, train: list[Example], evals: dict[str, list[Example]], notes: list[str]) -> TaskSpec:
+    """A tagging task without declared labels takes the tag set of its (whole, uncapped) training file."""
+    from manytask.data.tagging import assign_tags, infer_tag_set
+
+    if not train:
+        return spec  # evaluation only: the tag set comes with the run's saved config
+    tags = infer_tag_set(train)
+    spec = TaskSpec.model_validate({**spec.model_dump(), "labels": tags})
+    for examples in [train, *evals.values()]:
+        assign_tags(spec, examples)
+    notes.append(f"{spec.title}: tag set read from the training file ({len(tags)} tags: {', '.join(tags)})")
+    return spec
 
 
 def load_tasks(cfg: RunConfig, with_train: bool = True) -> tuple[list[TaskData], list[str]]:

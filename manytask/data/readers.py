@@ -35,26 +35,32 @@ class DataError(ValueError):
 class Example:
     """One input. ``id`` survives re-tokenisation and subsampling: teacher targets are keyed by it.
 
-    ``label`` is a class index (classification), a score on the task's own range
-    (regression), or None for unlabeled test data.
+    ``label`` is a class index (classification), a score on the task's own range (regression), one
+    tag index per word (tagging), or None for unlabeled test data. A tagging example also keeps its
+    ``words`` and their ``tags`` as written (the tag set may only be known once the training file is read).
     """
 
     id: str
     text_a: str
     text_b: Optional[str]
-    label: Optional[Union[int, float]]
+    label: Optional[Union[int, float, list[int]]]
     key: str  # the file's own index (or line number): GLUE submissions are keyed by it
+    words: Optional[list[str]] = None
+    tags: Optional[list[str]] = None
+    path: str = ""  # where it was read: errors found later (an unknown tag) can still name file and line
+    line: int = 0
+    word_lines: Optional[list[int]] = None  # the line of each word (CoNLL: one line a word)
 
 
 def infer_format(path: Path, declared: Optional[str]) -> str:
     if declared:
         return declared
     suffix = path.suffix.lower().lstrip(".")
-    if suffix in ("tsv", "csv", "jsonl"):
+    if suffix in ("tsv", "csv", "jsonl", "conll"):
         return suffix
     if suffix == "json":
         return "jsonl"
-    raise DataError(path, "cannot tell the format from the file name: set 'format: tsv|csv|jsonl' for the task")
+    raise DataError(path, "cannot tell the format from the file name: set 'format: tsv|csv|jsonl|conll' for the task")
 
 
 Record = tuple[int, Union[dict, list]]  # (line number, fields by name or by position)
@@ -205,6 +211,12 @@ def read_split(spec: TaskSpec, split_name: str, root: Path) -> list[Example]:
     id_field = split.id_field if split.id_field is not None else spec.id_field
     if split.header is False and fmt == "jsonl":
         raise DataError(path, "JSONL lines are objects: 'header: false' does not apply")
+    if spec.kind == "tagging":
+        from manytask.data.tagging import read_tagged
+
+        return read_tagged(spec, split_name, path, fmt, text_fields[0], label_field, id_field)
+    if fmt == "conll":
+        raise DataError(path, f"task {spec.name!r}: CoNLL files hold token tags: they are for 'kind: tagging' tasks")
     examples: list[Example] = []
     seen: dict[str, int] = {}
     records = iter_records(path, fmt, header=split.header and fmt != "jsonl", quoting=spec.quoting,

@@ -35,6 +35,8 @@ def write_targets(run_dir: Path, store: Path, which: str = "best", provenance: O
     digest = hashlib.sha256(dump_config(run.cfg).encode()).hexdigest()[:16]
     written = []
     for d in data:
+        if d.spec.kind == "tagging":
+            raise TargetError(f"task {d.name!r}: teacher targets for tagging tasks are not supported")
         model = run.model_for(d.name, which)
         feats = encode(d.train, d.spec, tok, run.cfg.model.max_seq_length)
         logits = predict_logits(model, d.spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id,
@@ -59,6 +61,8 @@ class TeacherLoss:
         self.cfg = cfg
         self.teacher: dict[str, torch.Tensor] = {}
         for t in tasks:
+            if t.spec.kind == "tagging":
+                raise TargetError(f"task {t.spec.name!r}: distillation of tagging tasks is not supported")
             path = targets_path(Path(cfg.targets), t.spec.name)
             if not path.is_file():
                 raise TargetError(f"task {t.spec.name!r}: no teacher targets at {path}")

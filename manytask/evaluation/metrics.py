@@ -54,6 +54,7 @@ METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
 METRICS_BY_KIND: dict[str, list[str]] = {
     "classification": ["accuracy", "f1", "f1_macro", "matthews"],
     "regression": ["pearson", "spearman"],
+    "tagging": ["entity_f1", "entity_precision", "entity_recall", "token_accuracy"],  # see evaluation/tagging.py
 }
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from manytask.data.features import Features, collate
 from manytask.evaluation.metrics import collapsed, compute_metrics, glue_average
+from manytask.evaluation.tagging import tagging_metrics
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
 
@@ -50,8 +51,8 @@ def autocast(precision: str):
 @dataclass
 class Predictions:
     ids: list[str]
-    values: np.ndarray  # class index, or score on the task's own range
-    probs: Optional[np.ndarray]  # classification only
+    values: Any  # class index or score on the task's own range (an array); tagging: per word a tag index or None
+    probs: Any  # classification: class probabilities; tagging: per word the chosen tag's probability
 
 
 @torch.no_grad()
@@ -74,8 +75,34 @@ def predict_logits(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch
     return torch.stack(outputs)  # type: ignore[arg-type]
 
 
+@torch.no_grad()
+def predict_tags(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
+                 precision: str = "fp32") -> Predictions:
+    """Per word: the tag read off its first piece and that tag's probability; None for an unseen word."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort([-n for n in feats.lengths], kind="stable")
+    tags: list = [None] * len(feats)
+    probs: list = [None] * len(feats)
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size].tolist()
+        batch = collate(feats, idx, pad_id)
+        with autocast(precision):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[spec.name])[spec.name]
+        p = torch.softmax(logits.float(), dim=-1)
+        best_p, best = p.max(dim=-1)
+        for row, i in enumerate(idx):
+            first = feats.first_piece[i]  # type: ignore[index]
+            tags[i] = [int(best[row, pos]) if pos >= 0 else None for pos in first]
+            probs[i] = [float(best_p[row, pos]) if pos >= 0 else None for pos in first]
+    model.train(was_training)
+    return Predictions(feats.ids, tags, probs)
+
+
 def predict(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
             precision: str = "fp32") -> Predictions:
+    if spec.kind == "tagging":
+        return predict_tags(model, spec, feats, batch_size, pad_id, precision)
     stacked = predict_logits(model, spec, feats, batch_size, pad_id, precision)
     if spec.kind == "classification":
         probs = torch.softmax(stacked, dim=-1).numpy()
@@ -88,6 +115,15 @@ def score(spec: TaskSpec, preds: Predictions, feats: Features, title: str = "") 
     """Metrics of one split; a collapsed classifier (one class for every input) is flagged and warned about."""
     if feats.labels is None:
         raise ValueError(f"{title or spec.name}: split has no labels to score")
+    if spec.kind == "tagging":
+        labels = spec.labels or []
+        gold = [[labels[t] for t in row] for row in feats.word_labels]  # type: ignore[union-attr]
+        pred = [[labels[t] if t is not None else None for t in row] for row in preds.values]
+        result = tagging_metrics(gold, pred, spec.metrics, labels)
+        if result["unscored_words"]:
+            log.warning("%s: %d of %d words lie beyond the length limit or have no word piece: scored as wrong",
+                        title or spec.title, result["unscored_words"], result["words"])
+        return {**result, "collapsed": False, "n": len(gold)}
     if spec.kind == "classification":
         gold = np.asarray(feats.labels, dtype=int)
     else:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from manytask.data.loading import load_test_splits
-from manytask.data.readers import read_split
+from manytask.data.readers import infer_format, read_split
 from manytask.evaluation.predict import Predictions, predict
 from manytask.data.features import encode
 from manytask.runs import Run
@@ -34,6 +34,10 @@ def input_spec(spec: TaskSpec, path: Path, text_fields: Optional[list[Field]], i
     """A one-split task that reads an unlabeled input file with the task's text columns."""
     test = next((s for s in spec.splits.values() if s.role == "test"), None)
     fields = text_fields or (test.text_fields if test and test.text_fields else None) or spec.text_fields
+    if spec.kind == "tagging" and not text_fields and infer_format(path, fmt) == "jsonl":
+        own = {infer_format(Path(s.path), spec.format) for s in spec.splits.values()}
+        if own != {"jsonl"}:
+            fields = ["tokens"]  # a task trained on CoNLL files reads {"tokens": [...]} lines
     header = not all(isinstance(f, int) for f in fields)
     split = SplitSpec(path=str(path.resolve()), role="test", unlabeled=True, header=header, text_fields=fields,
                       id_field=id_field)
@@ -57,7 +61,9 @@ def predict_file(run: Run, task: str, input_path: Path, output: Path, text_field
     feats = encode(examples, spec, tok, run.cfg.model.max_seq_length)
     preds = predict(model, spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id, run.cfg.train.precision)
     output = Path(output)
-    if output.suffix.lower() == ".jsonl":
+    if spec.kind == "tagging":
+        _write_tags(spec, examples, preds, output)
+    elif output.suffix.lower() == ".jsonl":
         rows = []
         for i, e in enumerate(examples):
             row = {"id": e.key, "prediction": _json_value(spec, preds.values[i])}
@@ -72,6 +78,24 @@ def predict_file(run: Run, task: str, input_path: Path, output: Path, text_field
             lines.append(f"{e.key}\t{_label_of(spec, preds.values[i])}{probs}")
         atomic_write_text(output, "\n".join(lines) + "\n")
     return len(examples)
+
+
+def _tag(spec: TaskSpec, value) -> Optional[str]:
+    return None if value is None else spec.labels[value]  # type: ignore[index]
+
+
+def _write_tags(spec: TaskSpec, examples, preds: Predictions, output: Path) -> None:
+    """Per word its tag: JSONL (tokens, tags, and each chosen tag's probability), or CoNLL (word TAB tag).
+    A word beyond the length limit has no prediction: null in JSONL, ``_`` in CoNLL."""
+    if output.suffix.lower() == ".jsonl":
+        rows = [json.dumps({"id": e.key, "tokens": e.words, "tags": [_tag(spec, v) for v in preds.values[i]],
+                            "probabilities": [None if p is None else round(p, 6) for p in preds.probs[i]]})
+                for i, e in enumerate(examples)]
+        atomic_write_text(output, "\n".join(rows) + "\n")
+        return
+    blocks = ["\n".join(f"{w}\t{_tag(spec, v) or '_'}" for w, v in zip(e.words, preds.values[i]))
+              for i, e in enumerate(examples)]
+    atomic_write_text(output, "\n\n".join(blocks) + "\n")
 
 
 def write_submission(run: Run, out_dir: Path) -> tuple[list[str], list[str]]:
@@ -98,7 +122,11 @@ def write_submission(run: Run, out_dir: Path) -> tuple[list[str], list[str]]:
             feats = encode(examples, spec, tok, run.cfg.model.max_seq_length)
             preds: Predictions = predict(model, spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id,
                                          run.cfg.train.precision)
-            body = ["index\tprediction"] + [f"{e.key}\t{_label_of(spec, v)}" for e, v in zip(examples, preds.values)]
+            if spec.kind == "tagging":  # one line a sentence: its tags, space-separated
+                body = ["index\tprediction"] + [f"{e.key}\t{' '.join(_tag(spec, v) or '_' for v in tags)}"
+                                                for e, tags in zip(examples, preds.values)]
+            else:
+                body = ["index\tprediction"] + [f"{e.key}\t{_label_of(spec, v)}" for e, v in zip(examples, preds.values)]
             atomic_write_text(out_dir / name, "\n".join(body) + "\n")
             written.append(name)
     return written, notes

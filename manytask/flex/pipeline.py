@@ -111,6 +111,9 @@ class FlexPipeline:
         if not (store / f"{name}.safetensors").exists():
             write_targets(teacher, store, "best", {"role": "branch teacher", "layers": K})
         sizes = sorted(n for n in comp.to if n < K)
+        if entry.resolve(Path.cwd()).kind == "tagging":
+            log.info("%s: a tagging task is not compressed (distillation of tag logits is not supported)", name)
+            sizes = []
         for n in sizes:
             distill = DistillConfig(targets=str(store.resolve()), schedule=comp.schedule, lam=comp.lam,
                                     temperature=comp.temperature, style="hinton")

@@ -43,6 +43,8 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ClassificationHead(nn.Module):
     """Dropout + linear over the pooled vector; logits for a softmax."""
 
+    pools = True  # the head reads the pooled vector (a token head reads every token)
+
     def __init__(self, hidden_size: int, num_outputs: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
@@ -61,6 +63,14 @@ class RegressionHead(ClassificationHead):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return super().forward(pooled).squeeze(-1)
+
+
+@register_head("tagging")
+class TokenHead(ClassificationHead):
+    """Dropout + linear at every token: tag logits [batch, tokens, tags]. It reads the token states,
+    not a pooled vector (``pools = False``)."""
+
+    pools = False
 
 
 def make_head(kind: str, hidden_size: int, num_outputs: int, dropout: float) -> nn.Module:

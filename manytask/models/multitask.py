@@ -148,5 +148,6 @@ class MultiTaskModel(nn.Module):
             if n in self.branches:
                 for layer in self.branches[n]:
                     h = layer(h, m)
-            out[n] = self.heads[n](pool(h, am))
+            head = self.heads[n]
+            out[n] = head(pool(h, am)) if head.pools else head(h)
         return out

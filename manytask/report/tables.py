@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-SHORT = {"accuracy": "acc", "f1": "F1", "f1_macro": "F1m", "matthews": "mcc", "pearson": "P", "spearman": "S"}
+SHORT = {"accuracy": "acc", "f1": "F1", "f1_macro": "F1m", "matthews": "mcc", "pearson": "P", "spearman": "S",
+         "entity_f1": "entF1", "entity_precision": "entP", "entity_recall": "entR", "token_accuracy": "tokAcc"}
 
 
 def _cell(metrics: dict, names: list[str]) -> str:

@@ -147,7 +147,8 @@ class TaskPackage:
             raise
         except Exception as e:
             raise BundleError(f"task {name!r}: a probe forward pass failed ({type(e).__name__}: {e})") from None
-        want = (1, self.spec.num_outputs) if self.spec.kind == "classification" else (1,)
+        want = {"classification": (1, self.spec.num_outputs), "regression": (1,),
+                "tagging": (1, ids.shape[1], self.spec.num_outputs)}[self.spec.kind]
         if tuple(out.shape) != want or not torch.isfinite(out).all():
             raise BundleError(f"task {name!r}: the probe forward pass gave {tuple(out.shape)} "
                               f"{'non-finite ' if not torch.isfinite(out).all() else ''}outputs, expected {want}")

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from manytask.data.features import encode_words
 from manytask.models.multitask import MultiTaskModel
 from manytask.serving.bundle import Bundle, TaskPackage
 from manytask.tasks import TaskSpec
@@ -25,9 +26,31 @@ def tokenize(tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]], ma
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_type_ids": enc["token_type_ids"]}
 
 
-def answer(spec: TaskSpec, logits: torch.Tensor) -> list[dict]:
-    """Per input: label and probabilities (classification), or the score on the task's own range."""
+def tokenize_words(tokenizer, texts: Sequence[str], max_length: int) -> dict:
+    """Raw texts split on whitespace into words, as tagging data is given; each word's first piece is kept
+    (``first_piece``, -1 for a word beyond the length limit). For BERT's tokenizer the token ids are the
+    same as tokenising the raw text, so sentence tasks asked in the same request read the same input."""
+    words = [t.split() for t in texts]
+    enc, firsts = encode_words(words, tokenizer, max_length)
+    padded = tokenizer.pad({"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]},
+                           return_tensors="pt")
+    return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
+            "token_type_ids": padded["token_type_ids"], "words": words, "first_piece": firsts}
+
+
+def answer(spec: TaskSpec, logits: torch.Tensor, batch: Optional[dict] = None) -> list[dict]:
+    """Per input: label and probabilities (classification), the score on the task's own range (regression),
+    or the words with their tags and each tag's probability (tagging; null for a word beyond the limit)."""
     logits = logits.float()
+    if spec.kind == "tagging":
+        probs = torch.softmax(logits, dim=-1)
+        best_p, best = probs.max(dim=-1)
+        out = []
+        for row, (words, first) in enumerate(zip(batch["words"], batch["first_piece"])):  # type: ignore[index]
+            out.append({"tokens": words,
+                        "tags": [spec.labels[int(best[row, p])] if p >= 0 else None for p in first],  # type: ignore[index]
+                        "probs": [float(best_p[row, p]) if p >= 0 else None for p in first]})
+        return out
     if spec.kind == "classification":
         probs, best = torch.softmax(logits, dim=-1).tolist(), logits.argmax(dim=-1).tolist()
         return [{"label": spec.labels[i], "probs": dict(zip(spec.labels, p))}  # type: ignore[index, arg-type]
@@ -55,9 +78,12 @@ class Predictor:
     @torch.inference_mode()
     def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]], tasks: list[str], snapshot=None) -> list[dict]:
         specs = self.specs(snapshot)
-        batch = tokenize(self.tokenizer, texts, pairs, self.max_length)
+        if any(specs[t].kind == "tagging" for t in tasks) and pairs is None:
+            batch = tokenize_words(self.tokenizer, texts, self.max_length)
+        else:
+            batch = tokenize(self.tokenizer, texts, pairs, self.max_length)
         out = self.logits(batch, tasks, snapshot)
-        per_task = {t: answer(specs[t], out[t]) for t in tasks}
+        per_task = {t: answer(specs[t], out[t], batch) for t in tasks}
         return [{t: per_task[t][i] for t in tasks} for i in range(len(texts))]
 
 
