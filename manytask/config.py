@@ -31,6 +31,36 @@ class Resplit(StrictModel):
         return v
 
 
+class AuxiliarySpec(StrictModel):
+    """Silver token labels computed over a task's own text, learnt by a training-only head beside the task's.
+
+    ``tagger: spacy`` tags with an installed spaCy pipeline (``pipeline``, ``attribute``: ``tag`` for
+    fine part-of-speech, ``pos`` for coarse, ``ent`` for BIO entity tags); ``module:function`` is a
+    user's tagger: it takes a list of texts and returns, per text, ``(start, end, label)`` character spans.
+    """
+
+    name: str
+    tagger: str
+    weight: float = 1.0
+    pipeline: str = "en_core_web_sm"
+    attribute: Literal["tag", "pos", "ent"] = "tag"
+    labels: Optional[list[str]] = None  # the label set: read from the silver labels of the training text, saved
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("an auxiliary label set is named with letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("tagger")
+    @classmethod
+    def _tagger(cls, v: str) -> str:
+        if v != "spacy" and (v.count(":") != 1 or not all(v.split(":"))):
+            raise ValueError("tagger is 'spacy' or 'module:function'")
+        return v
+
+
 class TaskEntry(StrictModel):
     """A task in a run: a GLUE name (with options) or a full user task.
 
@@ -44,6 +74,7 @@ class TaskEntry(StrictModel):
     branch_layers: int = 0  # k: top encoder layers owned by this task (0 = head on the shared encoder)
     split_depth: Optional[int] = None  # where the branch starts (default L - k; less for a compressed branch)
     loss_weight: float = 1.0
+    auxiliary: list[AuxiliarySpec] = []  # silver token labels over the task's text (MeTaL's auxiliary tasks)
     # user-task fields (a subset of TaskSpec, plus file shorthands)
     kind: Optional[Literal["classification", "regression", "tagging"]] = None
     display: Optional[str] = None
@@ -84,6 +115,14 @@ class TaskEntry(StrictModel):
     @property
     def is_glue(self) -> bool:
         return self.kind is None and glue_task(self.name) is not None
+
+    @field_validator("auxiliary")
+    @classmethod
+    def _distinct(cls, v: list[AuxiliarySpec]) -> list[AuxiliarySpec]:
+        names = [a.name for a in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"auxiliary label sets named twice: {names}")
+        return v
 
     @field_validator("max_train", "max_eval")
     @classmethod
@@ -148,8 +187,8 @@ class TaskEntry(StrictModel):
 
 
 # what a GLUE task entry may set beside its name: run options and how it is scored; the rest is GLUE's
-GLUE_ENTRY_KEYS = ("max_train", "max_eval", "resplit", "branch_layers", "split_depth", "loss_weight", "metrics",
-                   "primary_metric", "display")
+GLUE_ENTRY_KEYS = ("max_train", "max_eval", "resplit", "branch_layers", "split_depth", "loss_weight", "auxiliary",
+                   "metrics", "primary_metric", "display")
 USER_TASK_KEYS = ("train", "dev", "test", "splits", "format", "columns", "header", "quoting", "multiline", "encoding",
                   "text_fields", "label_field", "id_field", "labels", "label_range")
 
@@ -264,6 +303,7 @@ class RunConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     distill: Optional[DistillConfig] = None
+    silver_cache: Optional[str] = None  # where silver labels are kept (default: $MANYTASK_CACHE or ~/.cache/manytask)
 
     @field_validator("tasks")
     @classmethod
@@ -359,6 +399,8 @@ def _absolutize_user_files(cfg: RunConfig, base: Path) -> None:
         cfg.distill.targets = str((base / cfg.distill.targets).resolve())
     if cfg.model.init_from is not None:
         cfg.model.init_from = str((base / cfg.model.init_from).resolve())
+    if cfg.silver_cache is not None:
+        cfg.silver_cache = str((base / cfg.silver_cache).resolve())
     for t in cfg.tasks:
         for role in ("train", "dev", "test"):
             path = getattr(t, role)

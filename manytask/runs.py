@@ -30,6 +30,10 @@ def build_model(cfg: RunConfig, specs, encoder) -> MultiTaskModel:
         encoder, specs, {t.name: t.branch_layers for t in cfg.tasks}, pooling=cfg.model.pooling, dropout=cfg.model.dropout,
         split_depth={t.name: t.split_depth for t in cfg.tasks if t.split_depth is not None},
     )
+    for t in cfg.tasks:
+        for a in t.auxiliary:
+            if a.labels:
+                model.add_aux(t.name, a.name, len(a.labels), cfg.model.dropout)
     if cfg.model.freeze_trunk:
         model.freeze_trunk()
     return model
@@ -106,6 +110,26 @@ def data_summary(data: list[TaskData], skipped: list[str]) -> dict:
     }
 
 
+def _silver(cfg: RunConfig, data: list[TaskData], tokenizer) -> dict[str, dict[str, list[list[int]]]]:
+    """Silver token labels of each task's auxiliary label sets, on its training examples; their label sets
+    are written into the config (the model's auxiliary heads are sized by them)."""
+    from manytask.data.features import IGNORE
+    from manytask.data.silver import auxiliary_labels, cache_dir
+
+    rows: dict[str, dict[str, list[list[int]]]] = {}
+    entries = {t.name: t for t in cfg.tasks}
+    for d in data:
+        for aux in entries[d.name].auxiliary:
+            if d.spec.kind == "tagging":
+                raise ConfigError(f"task {d.name!r}: auxiliary label sets ride on sentence tasks, not tagging tasks")
+            labels, task_rows, note = auxiliary_labels(d.name, aux, d.train, d.spec.pair, tokenizer,
+                                                       cfg.model.max_seq_length, cache_dir(cfg.silver_cache), IGNORE)
+            aux.labels = labels
+            rows.setdefault(d.name, {})[aux.name] = task_rows
+            d.notes.append(note)
+    return rows
+
+
 def _take_tag_sets(cfg: RunConfig, labels: dict[str, Optional[list[str]]]) -> None:
     """Tagging tasks whose tag set was read from a file get it written into the config."""
     for t in cfg.tasks:
@@ -122,21 +146,28 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
     if resume and saved.exists():
         own = load_config(saved)
         _take_tag_sets(cfg, {t.name: t.labels for t in own.tasks})
+        for mine, theirs in zip(cfg.tasks, own.tasks):  # auxiliary label sets were read at the first start
+            for a, b in zip(mine.auxiliary, theirs.auxiliary):
+                a.labels = a.labels or b.labels
         if dump_config(own) != dump_config(cfg):
             raise ConfigError(f"{out}: the config differs from the run's own ({saved}); resume with that config")
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     data, skipped = load_tasks(cfg)
     _take_tag_sets(cfg, {d.name: d.spec.labels for d in data})  # saved with the run: eval and serving need them
+    tokenizer = load_tokenizer(cfg.model.encoder)
+    aux_rows = _silver(cfg, data, tokenizer)
     for d in data:
         for note in d.notes:
             log.info(note)
-    tokenizer = load_tokenizer(cfg.model.encoder)
     resuming = (out / "checkpoints" / "last.json").exists()
     # a resumed run loads its own checkpoint: no need to read init_from's weights again
     model = initial_model(cfg if not resuming else cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"init_from": None})}), [d.spec for d in data])
     feats = featurize(data, tokenizer, cfg.model.max_seq_length)
+    for f in feats:
+        f.train.aux = aux_rows.get(f.spec.name, {})
+        f.aux_weights = {a.name: a.weight for a in next(t for t in cfg.tasks if t.name == f.spec.name).auxiliary}
     if not saved.exists():
         save_encoder_files(model.encoder, tokenizer, out / "encoder")
         atomic_write_json(out / "data.json", data_summary(data, skipped))

@@ -24,3 +24,22 @@ def test_minilm_learns_sst2(tmp_path, monkeypatch):
     summary = train_run(cfg, tmp_path / "sst2")
     acc = summary["final"]["tasks"]["sst2"]["dev"]["accuracy"]
     assert acc > 0.75, f"SST-2 dev accuracy {acc:.3f}: MiniLM did not learn (chance is 0.5)"
+
+
+@pytest.mark.real_model
+def test_spacy_silver_tags_align_to_minilm_pieces(tmp_path):
+    """The real tagger, where spaCy and an English pipeline are installed (not on PyPI: skipped here)."""
+    spacy = pytest.importorskip("spacy")
+    if not spacy.util.is_package("en_core_web_sm"):
+        pytest.skip("no en_core_web_sm pipeline installed")
+    from manytask.config import AuxiliarySpec
+    from manytask.data.features import IGNORE
+    from manytask.data.readers import Example
+    from manytask.data.silver import auxiliary_labels
+    from manytask.models.encoder import load_tokenizer
+
+    ex = [Example("t/train/1", "Anna Smith flew to Paris on Monday.", None, 0, "1")]
+    aux = AuxiliarySpec(name="ner", tagger="spacy", attribute="ent")
+    labels, rows, note = auxiliary_labels("t", aux, ex, False, load_tokenizer("default"), 64, tmp_path, IGNORE)
+    assert "B-PERSON" in labels and "B-GPE" in labels and " 0 of " in note
+    assert sum(l != IGNORE for l in rows[0]) == 8  # one label per spaCy token

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -29,6 +29,7 @@ class Features:
     labels: Optional[list]  # class index, regression target scaled to [0, 1], or per-token tags (tagging)
     first_piece: Optional[list[list[int]]] = None
     word_labels: Optional[list[list[int]]] = None
+    aux: dict[str, list[list[int]]] = field(default_factory=dict)  # auxiliary label set -> token labels
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -98,14 +99,22 @@ def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": token_type}
 
 
+def _token_rows(rows: list[list[int]], indices: Sequence[int], width: int) -> torch.Tensor:
+    out = torch.full((len(indices), width), IGNORE, dtype=torch.long)
+    for row, i in enumerate(indices):
+        out[row, : len(rows[i])] = torch.tensor(rows[i])
+    return out
+
+
 def _labels(features: Features, indices: Sequence[int], width: int) -> torch.Tensor:
     if features.first_piece is None:
         return torch.tensor([features.labels[i] for i in indices])  # type: ignore[index]
-    out = torch.full((len(indices), width), IGNORE, dtype=torch.long)
-    for row, i in enumerate(indices):
-        tags = features.labels[i]  # type: ignore[index]
-        out[row, : len(tags)] = torch.tensor(tags)
-    return out
+    return _token_rows(features.labels, indices, width)  # type: ignore[arg-type]
+
+
+def _add_aux(batch: dict, features: Features, indices: Sequence[int], width: int) -> None:
+    for name, rows in features.aux.items():
+        batch[f"aux/{name}"] = _token_rows(rows, indices, width)
 
 
 def collate(features: Features, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -113,6 +122,7 @@ def collate(features: Features, indices: Sequence[int], pad_id: int) -> dict[str
     batch = _pad([(features.input_ids[i], features.token_type_ids[i]) for i in indices], pad_id)
     if features.labels is not None:
         batch["labels"] = _labels(features, indices, batch["input_ids"].shape[1])
+    _add_aux(batch, features, indices, batch["input_ids"].shape[1])
     return batch
 
 
@@ -130,4 +140,5 @@ def collate_mixed(parts: dict[str, tuple[Features, Sequence[int]]], pad_id: int)
     for task, (features, indices) in parts.items():
         if features.labels is not None:
             per_task[task]["labels"] = _labels(features, indices, inputs["input_ids"].shape[1])
+        _add_aux(per_task[task], features, indices, inputs["input_ids"].shape[1])
     return inputs, per_task

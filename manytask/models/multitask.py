@@ -46,6 +46,7 @@ class MultiTaskModel(nn.Module):
         self.specs = {t.name: t for t in tasks}
         self.heads = nn.ModuleDict({t.name: make_head(t.kind, self.hidden_size, t.num_outputs, dropout) for t in tasks})
         self.branches = nn.ModuleDict()
+        self.aux_heads = nn.ModuleDict()  # "<task>__<aux>": training-only token heads on the task's branch output
         self.split_depth: dict[str, int] = {}
         for t in tasks:
             k = (branch_layers or {}).get(t.name, 0)
@@ -66,6 +67,15 @@ class MultiTaskModel(nn.Module):
         if layers:
             source = self.encoder.encoder.layer[split: split + layers]
             self.branches[task] = nn.ModuleList(copy.deepcopy(layer) for layer in source)
+
+    def add_aux(self, task: str, name: str, num_labels: int, dropout: float = 0.1) -> None:
+        """A token head for silver labels over ``task``'s text, on the task's own branch output. It is
+        trained with the task and never exported to bundles or served."""
+        self.aux_heads[f"{task}__{name}"] = make_head("tagging", self.hidden_size, num_labels, dropout)
+
+    def aux_of(self, task: str) -> list[tuple[str, nn.Module]]:
+        prefix = f"{task}__"
+        return [(k[len(prefix):], m) for k, m in self.aux_heads.items() if k.startswith(prefix)]
 
     def share(self, tasks: Iterable[str]) -> "MultiTaskModel":
         """A new model over the same trunk and the same task modules (no copies): a serving snapshot."""
@@ -119,11 +129,13 @@ class MultiTaskModel(nn.Module):
         token_type_ids: Optional[torch.Tensor] = None,
         tasks: Optional[Iterable[str]] = None,
         rows: Optional[dict[str, torch.Tensor]] = None,
+        aux: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Logits per task. The trunk runs once, only as deep as the tasks asked for need.
 
         ``rows`` (task -> row indices) runs a task's branch and head on those rows only: a batch
         that mixes tasks goes through the trunk once, and each example through its own task.
+        ``aux`` adds the auxiliary heads' token logits as ``"<task>/<aux>"``.
         """
         names = list(tasks) if tasks is not None else self.task_names
         unknown = [n for n in names if n not in self.heads]
@@ -150,4 +162,7 @@ class MultiTaskModel(nn.Module):
                     h = layer(h, m)
             head = self.heads[n]
             out[n] = head(pool(h, am)) if head.pools else head(h)
+            if aux:
+                for name, aux_head in self.aux_of(n):
+                    out[f"{n}/{name}"] = aux_head(h)
         return out

@@ -12,14 +12,19 @@ from manytask.data.features import IGNORE
 from manytask.tasks import TaskSpec
 
 
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labelled tokens of [batch, tokens, labels] logits (IGNORE elsewhere)."""
+    logits, labels = logits.float(), labels.long().reshape(-1)
+    if not (labels != IGNORE).any():  # no labelled token in this batch: nothing to learn, not NaN
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=IGNORE)
+
+
 def gold_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (classification; tagging over the first piece of each word), or L2 on [0, 1]."""
-    logits = logits.float()
     if spec.kind == "tagging":
-        labels = labels.long().reshape(-1)
-        if not (labels != IGNORE).any():  # no word starts in this batch: nothing to learn, not NaN
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=IGNORE)
+        return token_loss(logits, labels)
+    logits = logits.float()
     if spec.kind == "classification":
         return F.cross_entropy(logits, labels.long())
     return F.mse_loss(torch.sigmoid(logits), labels.float())

@@ -22,7 +22,7 @@ from manytask.evaluation.predict import autocast, evaluate_task, summarize
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
 from manytask.training.checkpoint import CheckpointDir, load_weights
-from manytask.training.losses import gold_loss
+from manytask.training.losses import gold_loss, token_loss
 from manytask.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class TaskFeatures:
     evals: dict[str, Features]
     eval_titles: dict[str, str]
     loss_weight: float = 1.0
+    aux_weights: dict[str, float] = field(default_factory=dict)  # auxiliary label set -> weight of its loss
 
 
 class LossFn(Protocol):
@@ -171,6 +172,7 @@ class Trainer:
         the batch's examples: sum over tasks of weight * n_task / n * (the task's mean loss).
         """
         progress = self.step / self.total_steps
+        aux = any(self.by_name[n].aux_weights for n in step)
         if len(step) == 1:
             (task_name, idx), = step.items()
             t = self.by_name[task_name]
@@ -178,20 +180,31 @@ class Trainer:
             batch["index"] = torch.tensor(idx)
             with autocast(self.cfg.precision):
                 logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                    tasks=[task_name])[task_name]
-            task_loss = self.loss_fn(t.spec, logits, batch, progress)
-            return task_loss * t.loss_weight, {task_name: task_loss.item()}
+                                    tasks=[task_name], aux=aux)
+            task_loss, logged = self._task_loss(t, logits, batch, progress)
+            return task_loss * t.loss_weight, logged
         inputs, per_task = collate_mixed({n: (self.by_name[n].train, idx) for n, idx in step.items()}, self.pad_id)
         with autocast(self.cfg.precision):
             logits = self.model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"],
-                                tasks=list(step), rows={n: b["rows"] for n, b in per_task.items()})
+                                tasks=list(step), rows={n: b["rows"] for n, b in per_task.items()}, aux=aux)
         total = sum(len(idx) for idx in step.values())
         loss, logged = torch.zeros(()), {}
         for n, sub in per_task.items():
             t = self.by_name[n]
-            task_loss = self.loss_fn(t.spec, logits[n], sub, progress)
-            logged[n] = task_loss.item()
+            task_loss, own = self._task_loss(t, logits, sub, progress)
+            logged.update(own)
             loss = loss + task_loss * t.loss_weight * (len(sub["index"]) / total)
+        return loss, logged
+
+    def _task_loss(self, t: TaskFeatures, logits: dict, batch: dict, progress: float) -> tuple[torch.Tensor, dict]:
+        """The task's loss plus, riding on the same forward pass, each auxiliary label set's weighted loss."""
+        name = t.spec.name
+        loss = self.loss_fn(t.spec, logits[name], batch, progress)
+        logged = {name: loss.item()}
+        for aux, weight in t.aux_weights.items():
+            aux_loss = token_loss(logits[f"{name}/{aux}"], batch[f"aux/{aux}"])
+            logged[f"{name}/{aux}"] = aux_loss.item()
+            loss = loss + weight * aux_loss
         return loss, logged
 
     def train(self) -> dict:

@@ -1,0 +1,73 @@
+"""Auxiliary token supervision (MeTaL): silver labels from a tagger over a task's own text, cached by example
+id and tagger version, aligned by character offsets, learnt by training-only heads on the task's batches."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from manytask.config import AuxiliarySpec, load_config
+from manytask.data.features import IGNORE
+from manytask.data.silver import SilverError, align, load_tagger
+from manytask.runs import Run, train_run
+from tests.silver_stub import CALLS
+
+def test_spans_align_to_the_first_piece_of_each_tagger_token_and_misses_are_counted():
+    offsets = [(0, 0), (0, 3), (3, 6), (7, 9), (0, 0)]  # [CLS] "unb" "eli" "vs" [SEP]
+    segment = [None, 0, 0, 0, None]
+    labels, missed = align(offsets, segment, [[(0, 6, "A"), (7, 9, "B"), (10, 14, "A")]], {"A": 0, "B": 1}, IGNORE)
+    assert labels == [IGNORE, 0, IGNORE, 1, IGNORE] and missed == 1  # "(10, 14)" lies beyond the input
+
+
+def test_without_spacy_asking_for_it_names_the_install_command():
+    try:
+        import spacy  # noqa: F401
+        pytest.skip("spaCy is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(SilverError, match=re.escape("pip install -e '.[aux]'")):
+        load_tagger(AuxiliarySpec(name="pos", tagger="spacy"))
+
+
+@pytest.fixture
+def aux_config(mini_glue, tiny_config, tmp_path):
+    return {**tiny_config, "tasks": [{"name": "sst2", "max_train": 24, "auxiliary": [
+        {"name": "caps", "tagger": "tests.silver_stub:caps_tagger", "weight": 0.5}]}, "mrpc"],
+            "silver_cache": str(tmp_path / "cache"), "train": {**tiny_config["train"], "steps": 8, "eval_every": None}}
+
+
+def test_auxiliary_labels_ride_on_the_task_and_are_cached(aux_config, tmp_path):
+    CALLS["texts"] = 0
+    train_run(load_config(data=aux_config), tmp_path / "a")
+    assert CALLS["texts"] == 24  # the training texts, tagged once
+    run = Run.open(tmp_path / "a")
+    aux = run.cfg.tasks[0].auxiliary[0]
+    assert aux.labels == ["LONG", "SHORT"]  # read from the silver labels and saved with the run
+    log = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in log if e["event"] == "log"]
+    assert any("sst2/caps" in e["loss"] for e in steps)  # the auxiliary loss rode on sst2's batches
+    assert not any("mrpc/caps" in e["loss"] for e in steps)
+    cache = json.loads((tmp_path / "cache" / "silver" / "sst2.caps.json").read_text())
+    assert cache["tagger"] == "tests.silver_stub:caps_tagger" and cache["version"].startswith("source ")
+    assert len(cache["spans"]) == 24 and all(k.startswith("sst2/train/") for k in cache["spans"])
+    # a second run reads the cache: the tagger is not called again
+    train_run(load_config(data=aux_config), tmp_path / "b")
+    assert CALLS["texts"] == 24
+    # the auxiliary head is training-only: a bundle package of the task carries none of it
+    from manytask.serving.bundle import package_from_run
+
+    pkg = package_from_run(tmp_path / "a", "sst2", "last")
+    assert pkg.tensors and not any("aux" in k or "caps" in k for k in pkg.tensors)
+    assert Run.open(tmp_path / "a").evaluate()["primary"]["sst2"] >= 0.0  # the run reopens with its aux head
+
+
+def test_a_cache_from_another_tagger_version_is_refused(aux_config, tmp_path):
+    train_run(load_config(data=aux_config), tmp_path / "a")
+    path = tmp_path / "cache" / "silver" / "sst2.caps.json"
+    cache = json.loads(path.read_text())
+    cache["version"] = "source 0000"
+    path.write_text(json.dumps(cache))
+    with pytest.raises(SilverError, match="made by .* not tests.silver_stub:caps_tagger"):
+        train_run(load_config(data=aux_config), tmp_path / "b")
