@@ -48,7 +48,7 @@ def train(
     from manytask.config import ConfigError, load_config
     from manytask.data.loading import MissingData
     from manytask.data.readers import DataError
-    from manytask.report.tables import results_table
+    from manytask.report.tables import results_table, slices_table
     from manytask.runs import Run, train_run
 
     if config is None:
@@ -66,6 +66,8 @@ def train(
     typer.echo(_draws_line(summary))
     final = {**summary["final"], "titles": summary["titles"]}
     typer.echo(results_table(final, specs, label="dev, last step (one model)"))
+    if slices_table(final, specs):
+        typer.echo(slices_table(final, specs))
     if any(b["step"] != summary["total_steps"] for b in summary["best"].values()):
         best = run.evaluate("best")
         typer.echo(results_table(best, specs, label="dev, each task's best checkpoint (not one model)"))
@@ -87,17 +89,21 @@ def eval_(
 ) -> None:
     """Print and save (RUN/eval.json) the dev metrics of a run: by default the last checkpoint, one model."""
     _setup(glue_dir)
-    from manytask.report.tables import results_table
+    from manytask.config import ConfigError
+    from manytask.report.tables import results_table, slices_table
     from manytask.runs import Run
 
     try:
         run = Run.open(run_dir)
         result = run.evaluate("best" if best else "last")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ConfigError) as e:
         _fail(str(e))
         return
     label = "dev, each task's best checkpoint (not one model)" if best else "dev, last checkpoint (one model)"
     typer.echo(results_table(result, _specs(run), label=label))
+    sliced = slices_table(result, _specs(run))
+    if sliced:
+        typer.echo(sliced)
     typer.echo(f"saved {run_dir / 'eval.json'}")
 
 

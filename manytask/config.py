@@ -61,6 +61,62 @@ class AuxiliarySpec(StrictModel):
         return v
 
 
+class SliceFunction(StrictModel):
+    """A predicate over an example's raw text: is the example in the slice?
+
+    ``regex``: the pattern is found; ``contains_any``: one of ``words`` occurs as a word (any case);
+    ``length``: the text has ``min``..``max`` words; ``count``: the pattern is found ``n`` times or more
+    (e.g. more than one pronoun); ``function``: ``module:function`` called with (text, text_pair).
+    ``fields`` says which text(s) are looked at."""
+
+    name: str
+    kind: Literal["regex", "contains_any", "length", "count", "function"]
+    fields: Literal["text", "text_pair", "both"] = "both"
+    pattern: Optional[str] = None
+    words: Optional[list[str]] = None
+    min: Optional[int] = None
+    max: Optional[int] = None
+    n: int = 1
+    function: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SliceFunction":
+        need = {"regex": "pattern", "count": "pattern", "contains_any": "words", "function": "function"}.get(self.kind)
+        if need and not getattr(self, need):
+            raise ValueError(f"slice {self.name!r}: kind {self.kind} needs {need!r}")
+        if self.kind == "length" and self.min is None and self.max is None:
+            raise ValueError(f"slice {self.name!r}: kind length needs 'min' or 'max'")
+        if self.kind == "function" and (self.function or "").count(":") != 1:
+            raise ValueError(f"slice {self.name!r}: function is 'module:function'")
+        if self.pattern is not None:
+            import re
+
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ValueError(f"slice {self.name!r}: pattern is not a valid regular expression ({e})") from None
+        return self
+
+
+class SlicesConfig(StrictModel):
+    """Slices of a task: scored everywhere the task is scored; with ``mode: heads`` each slice also gets a
+    training-only head learnt on its members (MeTaL); with ``mode: sbl``, slice-based learning (Chen et al.
+    2019): indicator and expert per slice, attention over them, in the task's own head (served too)."""
+
+    mode: Literal["eval", "heads", "sbl"] = "eval"
+    functions: list[SliceFunction]
+    weight: float = 1.0  # weight of the slice losses beside the task's
+    min_size: int = 30  # smaller slices are flagged as too small to read
+
+    @field_validator("functions")
+    @classmethod
+    def _distinct(cls, v: list[SliceFunction]) -> list[SliceFunction]:
+        names = [f.name for f in v]
+        if not v or len(set(names)) != len(names):
+            raise ValueError(f"give one or more slices with distinct names (got {names})")
+        return v
+
+
 class TaskEntry(StrictModel):
     """A task in a run: a GLUE name (with options) or a full user task.
 
@@ -75,6 +131,7 @@ class TaskEntry(StrictModel):
     split_depth: Optional[int] = None  # where the branch starts (default L - k; less for a compressed branch)
     loss_weight: float = 1.0
     auxiliary: list[AuxiliarySpec] = []  # silver token labels over the task's text (MeTaL's auxiliary tasks)
+    slices: Optional[SlicesConfig] = None  # subsets of the task's data scored (and learnt) on their own
     # user-task fields (a subset of TaskSpec, plus file shorthands)
     kind: Optional[Literal["classification", "regression", "tagging"]] = None
     display: Optional[str] = None
@@ -188,7 +245,7 @@ class TaskEntry(StrictModel):
 
 # what a GLUE task entry may set beside its name: run options and how it is scored; the rest is GLUE's
 GLUE_ENTRY_KEYS = ("max_train", "max_eval", "resplit", "branch_layers", "split_depth", "loss_weight", "auxiliary",
-                   "metrics", "primary_metric", "display")
+                   "slices", "metrics", "primary_metric", "display")
 USER_TASK_KEYS = ("train", "dev", "test", "splits", "format", "columns", "header", "quoting", "multiline", "encoding",
                   "text_fields", "label_field", "id_field", "labels", "label_range")
 

@@ -14,7 +14,7 @@ from typing import Optional
 from safetensors.torch import load_file
 
 from manytask.config import ConfigError, RunConfig, dump_config, load_config
-from manytask.data.features import encode
+from manytask.data.features import Features, encode
 from manytask.data.loading import TaskData, load_tasks
 from manytask.evaluation.predict import evaluate_task, summarize
 from manytask.models.encoder import encoder_from_dir, load_encoder, load_tokenizer, save_encoder_files
@@ -31,9 +31,16 @@ def build_model(cfg: RunConfig, specs, encoder) -> MultiTaskModel:
         split_depth={t.name: t.split_depth for t in cfg.tasks if t.split_depth is not None},
     )
     for t in cfg.tasks:
+        if t.name not in model.specs:
+            continue  # a task absent from the data (skipped GLUE task)
         for a in t.auxiliary:
             if a.labels:
                 model.add_aux(t.name, a.name, len(a.labels), cfg.model.dropout)
+        if t.slices is not None and t.slices.mode == "heads":
+            for fn in t.slices.functions:
+                model.add_slice_head(t.name, fn.name, cfg.model.dropout)
+        elif t.slices is not None and t.slices.mode == "sbl":
+            model.use_sbl_head(t.name, 1 + len(t.slices.functions), cfg.model.dropout)
     if cfg.model.freeze_trunk:
         model.freeze_trunk()
     return model
@@ -78,16 +85,28 @@ def initial_model(cfg: RunConfig, specs=None) -> MultiTaskModel:
 
 
 def featurize(data: list[TaskData], tokenizer, max_len: int) -> list[TaskFeatures]:
-    return [
-        TaskFeatures(
-            spec=d.spec,
-            train=encode(d.train, d.spec, tokenizer, max_len),
-            evals={s: encode(ex, d.spec, tokenizer, max_len) for s, ex in d.evals.items()},
-            eval_titles=d.eval_titles,
-            loss_weight=d.entry.loss_weight,
-        )
-        for d in data
-    ]
+    out = []
+    for d in data:
+        f = TaskFeatures(spec=d.spec, train=encode(d.train, d.spec, tokenizer, max_len),
+                         evals={s: encode(ex, d.spec, tokenizer, max_len) for s, ex in d.evals.items()},
+                         eval_titles=d.eval_titles, loss_weight=d.entry.loss_weight)
+        if d.entry.slices is not None:
+            add_slices(d.entry.slices, d, f)
+        out.append(f)
+    return out
+
+
+def add_slices(cfg, data: TaskData, feats: TaskFeatures) -> None:
+    """Slice membership of every example (applied once, by example id), and how the task learns from it."""
+    from manytask.data.slices import membership
+
+    if data.spec.kind == "tagging" and cfg.mode != "eval":
+        raise ConfigError(f"task {data.name!r}: slice {cfg.mode} training is for sentence tasks; tagging slices "
+                          "are scored only (mode: eval)")
+    feats.train.slices = membership(cfg, data.train) if data.train else {}
+    for split, examples in data.evals.items():
+        feats.evals[split].slices = membership(cfg, examples)
+    feats.slice_mode, feats.slice_weight, feats.slice_min = cfg.mode, cfg.weight, cfg.min_size
 
 
 def data_summary(data: list[TaskData], skipped: list[str]) -> dict:
@@ -245,9 +264,13 @@ class Run:
             key = ckpt.best().get(d.name, {}).get("weights", "last") if which == "best" else "last"
             if key not in cache:
                 cache[key] = self.model_for(d.name, which)
-            feats = {s: encode(ex, d.spec, tok, cfg.model.max_seq_length) for s, ex in d.evals.items()}
-            results[d.name] = evaluate_task(cache[key], d.spec, feats, d.eval_titles, cfg.train.eval_batch_size,
-                                            tok.pad_token_id, cfg.train.precision)
+            tf = TaskFeatures(d.spec, Features([], [], [], None),
+                              {s: encode(ex, d.spec, tok, cfg.model.max_seq_length) for s, ex in d.evals.items()},
+                              d.eval_titles)
+            if d.entry.slices is not None:
+                add_slices(d.entry.slices, d, tf)
+            results[d.name] = evaluate_task(cache[key], d.spec, tf.evals, d.eval_titles, cfg.train.eval_batch_size,
+                                            tok.pad_token_id, cfg.train.precision, tf.slice_min)
             titles[d.name] = d.eval_titles
         out = {**summarize(results, {d.name: d.spec for d in data}), "titles": titles, "checkpoint": which,
                "skipped": skipped}

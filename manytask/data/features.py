@@ -30,6 +30,7 @@ class Features:
     first_piece: Optional[list[list[int]]] = None
     word_labels: Optional[list[list[int]]] = None
     aux: dict[str, list[list[int]]] = field(default_factory=dict)  # auxiliary label set -> token labels
+    slices: dict[str, list[bool]] = field(default_factory=dict)  # slice -> member or not, per example
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -115,6 +116,8 @@ def _labels(features: Features, indices: Sequence[int], width: int) -> torch.Ten
 def _add_aux(batch: dict, features: Features, indices: Sequence[int], width: int) -> None:
     for name, rows in features.aux.items():
         batch[f"aux/{name}"] = _token_rows(rows, indices, width)
+    for name, members in features.slices.items():
+        batch[f"slice/{name}"] = torch.tensor([members[i] for i in indices], dtype=torch.bool)
 
 
 def collate(features: Features, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:

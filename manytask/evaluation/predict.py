@@ -138,12 +138,39 @@ def score(spec: TaskSpec, preds: Predictions, feats: Features, title: str = "") 
 
 
 def evaluate_task(model: MultiTaskModel, spec: TaskSpec, evals: dict[str, Features], titles: dict[str, str],
-                  batch_size: int, pad_id: int, precision: str = "fp32") -> dict[str, dict]:
-    """Metrics of every evaluation split of one task."""
-    return {
-        split: score(spec, predict(model, spec, feats, batch_size, pad_id, precision), feats, titles[split])
-        for split, feats in evals.items()
-    }
+                  batch_size: int, pad_id: int, precision: str = "fp32", slice_min: int = 30) -> dict[str, dict]:
+    """Metrics of every evaluation split of one task, and of each of its slices."""
+    out = {}
+    for split, feats in evals.items():
+        preds = predict(model, spec, feats, batch_size, pad_id, precision)
+        out[split] = score(spec, preds, feats, titles[split])
+        if feats.slices:
+            out[split]["slices"] = slice_scores(spec, preds, feats, slice_min)
+    return out
+
+
+def _subset(feats: Features, preds: Predictions, keep: list[int]) -> tuple[Features, Predictions]:
+    pick = lambda xs: None if xs is None else [xs[i] for i in keep]  # noqa: E731
+    sub = Features([feats.ids[i] for i in keep], pick(feats.input_ids), pick(feats.token_type_ids), pick(feats.labels),
+                   pick(feats.first_piece), pick(feats.word_labels))
+    values = [preds.values[i] for i in keep] if isinstance(preds.values, list) else preds.values[keep]
+    probs = None if preds.probs is None else ([preds.probs[i] for i in keep] if isinstance(preds.probs, list)
+                                               else preds.probs[keep])
+    return sub, Predictions(sub.ids, values, probs)
+
+
+def slice_scores(spec: TaskSpec, preds: Predictions, feats: Features, min_size: int = 30) -> dict[str, dict]:
+    """The task's metrics on each slice's members, with its size; slices under ``min_size`` are flagged."""
+    out = {}
+    for name, members in feats.slices.items():
+        keep = [i for i, m in enumerate(members) if m]
+        entry: dict = {"n": len(keep), "too_small": len(keep) < min_size}
+        if keep:
+            sub, sub_preds = _subset(feats, preds, keep)
+            metrics = score(spec, sub_preds, sub, f"{spec.title} slice {name}")
+            entry.update({k: v for k, v in metrics.items() if k not in ("n", "collapsed")})
+        out[name] = entry
+    return out
 
 
 def summarize(results: dict[str, dict[str, dict]], specs: dict[str, TaskSpec]) -> dict:

@@ -47,6 +47,7 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict({t.name: make_head(t.kind, self.hidden_size, t.num_outputs, dropout) for t in tasks})
         self.branches = nn.ModuleDict()
         self.aux_heads = nn.ModuleDict()  # "<task>__<aux>": training-only token heads on the task's branch output
+        self.slice_heads = nn.ModuleDict()  # "<task>__<slice>": training-only heads learnt on a slice's members
         self.split_depth: dict[str, int] = {}
         for t in tasks:
             k = (branch_layers or {}).get(t.name, 0)
@@ -72,6 +73,22 @@ class MultiTaskModel(nn.Module):
         """A token head for silver labels over ``task``'s text, on the task's own branch output. It is
         trained with the task and never exported to bundles or served."""
         self.aux_heads[f"{task}__{name}"] = make_head("tagging", self.hidden_size, num_labels, dropout)
+
+    def add_slice_head(self, task: str, name: str, dropout: float = 0.1) -> None:
+        """MeTaL's slice head: like the task's head, learnt only on the slice's members (training only)."""
+        spec = self.specs[task]
+        self.slice_heads[f"{task}__{name}"] = make_head(spec.kind, self.hidden_size, spec.num_outputs, dropout)
+
+    def use_sbl_head(self, task: str, slices: int, dropout: float = 0.1) -> None:
+        """Slice-based learning: the task's head becomes indicators + experts + attention (see models/slicing)."""
+        from manytask.models.slicing import SBLHead
+
+        spec = self.specs[task]
+        self.heads[task] = SBLHead(self.hidden_size, spec.num_outputs, dropout, slices, spec.kind)
+
+    def slice_heads_of(self, task: str) -> list[tuple[str, nn.Module]]:
+        prefix = f"{task}__"
+        return [(k[len(prefix):], m) for k, m in self.slice_heads.items() if k.startswith(prefix)]
 
     def aux_of(self, task: str) -> list[tuple[str, nn.Module]]:
         prefix = f"{task}__"
@@ -161,8 +178,14 @@ class MultiTaskModel(nn.Module):
                 for layer in self.branches[n]:
                     h = layer(h, m)
             head = self.heads[n]
-            out[n] = head(pool(h, am)) if head.pools else head(h)
+            pooled = pool(h, am) if head.pools else None
+            if aux and hasattr(head, "parts"):
+                out[n], out[f"{n}/sbl-indicator"], out[f"{n}/sbl-experts"] = head.parts(pooled)
+            else:
+                out[n] = head(pooled) if head.pools else head(h)
             if aux:
                 for name, aux_head in self.aux_of(n):
                     out[f"{n}/{name}"] = aux_head(h)
+                for name, slice_head in self.slice_heads_of(n):
+                    out[f"{n}#{name}"] = slice_head(pooled if pooled is not None else pool(h, am))
         return out

@@ -31,3 +31,19 @@ def results_table(results: dict, specs: dict, label: str = "dev") -> str:
         "| " + " | ".join(["score"] + cells) + " |",
     ]
     return "\n".join(lines)
+
+
+def slices_table(results: dict, specs: dict) -> str:
+    """Per slice of every task that has slices: its size and the task's metrics on its members; slices
+    under the task's min_size are flagged as too small to read. Empty when no task has slices."""
+    lines = []
+    for name, per_split in results["tasks"].items():
+        spec = specs[name]
+        for split, metrics in per_split.items():
+            for slice_name, m in metrics.get("slices", {}).items():
+                cell = _cell(m, spec.metrics) if m["n"] else "—"
+                flag = " ⚠too small to read" if m["too_small"] else ""
+                lines.append(f"| {results['titles'][name][split]} | {slice_name} | {m['n']} | {cell}{flag} |")
+    if not lines:
+        return ""
+    return "\n".join(["| task | slice | n | " + "score |", "|---|---|---|---|", *lines])

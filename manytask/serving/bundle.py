@@ -161,7 +161,14 @@ class TaskPackage:
             raise BundleError(f"task {self.spec.name!r} pools with {self.pooling!r}, the bundle with {model.pooling!r}")
         model.specs[self.spec.name] = self.spec
         model.add_branch(self.spec.name, self.layers, self.split_depth)
-        model.heads[self.spec.name] = make_head(self.spec.kind, model.hidden_size, self.spec.num_outputs, 0.0)
+        indicator = self.tensors.get("head.indicator.weight")
+        if indicator is not None:  # a slice-based-learning head: its slices are in the weights' shape
+            from manytask.models.slicing import SBLHead
+
+            model.heads[self.spec.name] = SBLHead(model.hidden_size, self.spec.num_outputs, 0.0, indicator.shape[0],
+                                                  self.spec.kind)
+        else:
+            model.heads[self.spec.name] = make_head(self.spec.kind, model.hidden_size, self.spec.num_outputs, 0.0)
         own = {f"branches.{self.spec.name}.{k[len('branch.'):]}": v for k, v in self.tensors.items() if k.startswith("branch.")}
         own.update({f"heads.{self.spec.name}.{k[len('head.'):]}": v for k, v in self.tensors.items() if k.startswith("head.")})
         expected = {k for k in model.state_dict() if k.startswith((f"branches.{self.spec.name}.", f"heads.{self.spec.name}."))}

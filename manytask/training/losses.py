@@ -74,3 +74,40 @@ def teacher_annealing(progress: float, schedule: str = "linear", lam: float = 0.
     if schedule == "constant":
         return lam
     raise ValueError(f"unknown teacher-annealing schedule {schedule!r} (linear, constant)")
+
+
+def per_example_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if spec.kind == "classification":
+        return F.cross_entropy(logits, labels.long(), reduction="none")
+    return (torch.sigmoid(logits) - labels.float()) ** 2
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the examples that carry the loss (a slice's members); zero when there are none.
+    The denominator is this batch's member count: under data parallelism, sum the numerators and the
+    counts across processes before dividing."""
+    count = mask.sum()
+    if count == 0:
+        return values.sum() * 0.0
+    return (values * mask).sum() / count
+
+
+def slice_losses(spec: TaskSpec, mode: str, logits: dict, batch: dict) -> torch.Tensor:
+    """``heads`` (MeTaL): each slice head's loss on its members. ``sbl`` (Chen et al. 2019): each slice
+    indicator's membership loss on every example, plus each expert's loss on the slice's members (slot 0,
+    the base slice, holds every example)."""
+    name = spec.name
+    slices = [k[len("slice/"):] for k in batch if k.startswith("slice/")]
+    labels = batch["labels"]
+    total = torch.zeros(())
+    if mode == "heads":
+        for s in slices:
+            total = total + masked_mean(per_example_loss(spec, logits[f"{name}#{s}"], labels), batch[f"slice/{s}"].float())
+        return total
+    indicator, experts = logits[f"{name}/sbl-indicator"].float(), logits[f"{name}/sbl-experts"]
+    members = torch.stack([torch.ones(len(labels), dtype=torch.bool)] + [batch[f"slice/{s}"] for s in slices], 1)
+    total = F.binary_cross_entropy_with_logits(indicator, members.float())
+    for k in range(members.shape[1]):
+        total = total + masked_mean(per_example_loss(spec, experts[:, k], labels), members[:, k].float())
+    return total

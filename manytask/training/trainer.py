@@ -22,7 +22,7 @@ from manytask.evaluation.predict import autocast, evaluate_task, summarize
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
 from manytask.training.checkpoint import CheckpointDir, load_weights
-from manytask.training.losses import gold_loss, token_loss
+from manytask.training.losses import gold_loss, slice_losses, token_loss
 from manytask.training.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class TaskFeatures:
     eval_titles: dict[str, str]
     loss_weight: float = 1.0
     aux_weights: dict[str, float] = field(default_factory=dict)  # auxiliary label set -> weight of its loss
+    slice_mode: str = "none"  # none, eval (scored only), heads (MeTaL) or sbl (slice-based learning)
+    slice_weight: float = 1.0
+    slice_min: int = 30  # slices smaller than this are flagged in evaluation
 
 
 class LossFn(Protocol):
@@ -150,7 +153,7 @@ class Trainer:
         """Dev metrics per task and split, the primary score per task, and the GLUE-style average."""
         results = {
             name: evaluate_task(self.model, t.spec, t.evals, t.eval_titles, self.cfg.eval_batch_size, self.pad_id,
-                                self.cfg.precision)
+                                self.cfg.precision, t.slice_min)
             for name, t in self.by_name.items()
         }
         return summarize(results, {n: t.spec for n, t in self.by_name.items()})
@@ -172,7 +175,7 @@ class Trainer:
         the batch's examples: sum over tasks of weight * n_task / n * (the task's mean loss).
         """
         progress = self.step / self.total_steps
-        aux = any(self.by_name[n].aux_weights for n in step)
+        aux = any(self.by_name[n].aux_weights or self.by_name[n].slice_mode in ("heads", "sbl") for n in step)
         if len(step) == 1:
             (task_name, idx), = step.items()
             t = self.by_name[task_name]
@@ -205,6 +208,10 @@ class Trainer:
             aux_loss = token_loss(logits[f"{name}/{aux}"], batch[f"aux/{aux}"])
             logged[f"{name}/{aux}"] = aux_loss.item()
             loss = loss + weight * aux_loss
+        if t.slice_mode in ("heads", "sbl"):
+            slice_loss = slice_losses(t.spec, t.slice_mode, logits, batch)
+            logged[f"{name}/slices"] = slice_loss.item()
+            loss = loss + t.slice_weight * slice_loss
         return loss, logged
 
     def train(self) -> dict:

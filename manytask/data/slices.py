@@ -1,0 +1,67 @@
+"""Slicing functions: which examples of a task belong to each of its slices (MeTaL, slice-based learning).
+
+Built-in predicates look at the raw text (regex, word lists, length, counts); ``module:function`` runs a
+user's own predicate. Each function is applied once per example and remembered by stable example id for
+the life of the process; a function that raises names the slice and the example.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Callable, Sequence
+
+from manytask.config import ConfigError, SliceFunction, SlicesConfig
+from manytask.data.readers import Example
+
+_MEMO: dict[tuple[str, str], bool] = {}
+
+
+class SliceError(ConfigError):
+    """A slicing function that cannot be applied; the message names the slice and the example."""
+
+
+def _texts(fn: SliceFunction, e: Example) -> list[str]:
+    if fn.fields == "text":
+        return [e.text_a]
+    if fn.fields == "text_pair":
+        return [e.text_b or ""]
+    return [e.text_a] + ([e.text_b] if e.text_b else [])
+
+
+def predicate(fn: SliceFunction) -> Callable[[Example], bool]:
+    if fn.kind == "function":
+        module, name = fn.function.split(":")  # type: ignore[union-attr]
+        try:
+            user = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as e:
+            raise SliceError(f"slice {fn.name!r}: cannot load {fn.function!r} ({e})") from None
+        return lambda e: bool(user(e.text_a, e.text_b))
+    if fn.kind in ("regex", "count"):
+        pattern = re.compile(fn.pattern)  # type: ignore[arg-type]
+        need = 1 if fn.kind == "regex" else fn.n
+        return lambda e: sum(len(pattern.findall(t)) for t in _texts(fn, e)) >= need
+    if fn.kind == "contains_any":
+        words = {w.lower() for w in fn.words or []}
+        return lambda e: any(w.lower().strip(".,;:!?\"'()") in words for t in _texts(fn, e) for w in t.split())
+    lo, hi = fn.min if fn.min is not None else 0, fn.max if fn.max is not None else 10 ** 9
+    return lambda e: lo <= sum(len(t.split()) for t in _texts(fn, e)) <= hi
+
+
+def membership(cfg: SlicesConfig, examples: Sequence[Example]) -> dict[str, list[bool]]:
+    """Slice name -> member or not, per example."""
+    out = {}
+    for fn in cfg.functions:
+        test = predicate(fn)
+        key = fn.model_dump_json()
+        flags = []
+        for e in examples:
+            memo = (key, e.id)
+            if memo not in _MEMO:
+                try:
+                    _MEMO[memo] = bool(test(e))
+                except Exception as err:
+                    raise SliceError(f"slice {fn.name!r} failed on example {e.id}: {type(err).__name__}: {err}") from None
+            flags.append(_MEMO[memo])
+        out[fn.name] = flags
+    return out

@@ -1,0 +1,140 @@
+"""Slices (MeTaL, slice-based learning): slicing functions, per-slice scores, slice heads and SBL heads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from manytask.config import SliceFunction, SlicesConfig, load_config
+from manytask.data.readers import Example
+from manytask.data.slices import SliceError, membership
+from manytask.evaluation.metrics import compute_metrics
+from manytask.runs import Run, train_run
+from manytask.tasks import glue_task
+from manytask.training.losses import masked_mean, slice_losses
+
+EXAMPLES = [Example(f"t/dev/{i}", a, b, 0, str(i)) for i, (a, b) in enumerate([
+    ("He said she would come, and they did!", None),
+    ("A plain sentence", None),
+    ("It rains; it pours: it is wet?!", "Is it wet"),
+    ("good fine good", "grim"),
+])]
+
+
+def test_built_in_and_user_predicates():
+    cfg = SlicesConfig(functions=[
+        SliceFunction(name="pronouns", kind="count", pattern=r"(?i)\b(he|she|it|they|him|her|them)\b", n=2),
+        SliceFunction(name="rare_punct", kind="regex", pattern=r"[;:?!]"),
+        SliceFunction(name="weather", kind="contains_any", words=["rains", "WET"]),
+        SliceFunction(name="short", kind="length", max=3, fields="text"),
+        SliceFunction(name="good", kind="function", function="tests.slice_stub:has_good"),
+    ])
+    m = membership(cfg, EXAMPLES)
+    assert m["pronouns"] == [True, False, True, False]
+    assert m["rare_punct"] == [True, False, True, False]
+    assert m["weather"] == [False, False, True, False]
+    assert m["short"] == [False, True, False, True]
+    assert m["good"] == [False, False, False, True]
+
+
+def test_a_failing_function_names_the_slice_and_the_example():
+    cfg = SlicesConfig(functions=[SliceFunction(name="boom", kind="function", function="tests.slice_stub:explodes",
+                                                fields="text_pair")])
+    with pytest.raises(SliceError, match=r"slice 'boom' failed on example t/dev/3: RuntimeError: cannot judge"):
+        membership(cfg, EXAMPLES)
+    with pytest.raises(Exception, match="needs 'pattern'"):
+        SliceFunction(name="x", kind="regex")
+    with pytest.raises(Exception, match="distinct names"):
+        SlicesConfig(functions=[SliceFunction(name="a", kind="length", min=1)] * 2)
+
+
+def test_masked_losses_average_over_the_members_only():
+    values, mask = torch.tensor([1.0, 2.0, 3.0, 10.0]), torch.tensor([1.0, 0.0, 1.0, 0.0])
+    assert masked_mean(values, mask).item() == pytest.approx(2.0)
+    assert masked_mean(values, torch.zeros(4)).item() == 0.0
+    spec = glue_task("sst2")
+    logits = {"sst2#a": torch.tensor([[0.0, 0.0], [5.0, -5.0]]), "sst2": torch.zeros(2, 2)}
+    batch = {"labels": torch.tensor([1, 0]), "slice/a": torch.tensor([True, False])}
+    assert slice_losses(spec, "heads", logits, batch).item() == pytest.approx(np.log(2), abs=1e-6)
+
+
+SLICES = {"functions": [{"name": "has_good", "kind": "contains_any", "words": ["good"]},
+                        {"name": "long", "kind": "length", "min": 6},
+                        {"name": "nothing", "kind": "regex", "pattern": "zzz"}]}
+
+
+def _cfg(tiny_config, mode: str) -> dict:
+    return {**tiny_config, "tasks": [{"name": "sst2", "slices": {**SLICES, "mode": mode}}, {"name": "stsb", "slices": {
+        **SLICES, "mode": mode}}], "train": {**tiny_config["train"], "steps": 10, "eval_every": None}}
+
+
+def test_every_score_has_its_slices(mini_glue, tiny_config, tmp_path):
+    out = tmp_path / "r"
+    train_run(load_config(data=_cfg(tiny_config, "eval")), out)
+    result = Run.open(out).evaluate()
+    slices = result["tasks"]["sst2"]["dev"]["slices"]
+    assert slices["nothing"] == {"n": 0, "too_small": True}
+    assert slices["has_good"]["n"] > 0 and slices["has_good"]["too_small"] == (slices["has_good"]["n"] < 30)
+    # the slice's accuracy is the accuracy on its members, by hand from the model's own predictions
+    from manytask.data.features import encode
+    from manytask.data.loading import load_tasks
+    from manytask.evaluation.predict import predict
+
+    run = Run.open(out)
+    data = {d.name: d for d in load_tasks(run.cfg, with_train=False)[0]}
+    sst2 = data["sst2"]
+    feats = encode(sst2.evals["dev"], sst2.spec, run.tokenizer(), 32)
+    preds = predict(run.model_for(), sst2.spec, feats, 16, run.tokenizer().pad_token_id)
+    members = [i for i, e in enumerate(sst2.evals["dev"]) if "good" in e.text_a.split()]
+    want = compute_metrics(["accuracy"], [feats.labels[i] for i in members], preds.values[members])["accuracy"]
+    assert slices["has_good"]["accuracy"] == pytest.approx(want) and slices["has_good"]["n"] == len(members)
+    assert "pearson" in result["tasks"]["stsb"]["dev"]["slices"]["long"]
+    saved = json.loads((out / "eval.json").read_text())
+    assert saved["tasks"]["sst2"]["dev"]["slices"]["nothing"]["too_small"] is True
+
+
+def test_slice_heads_learn_on_members_and_stay_out_of_bundles(mini_glue, tiny_config, tmp_path):
+    from manytask.serving.bundle import package_from_run
+
+    out = tmp_path / "r"
+    train_run(load_config(data=_cfg(tiny_config, "heads")), out)
+    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"log"' in l]
+    assert any("sst2/slices" in e["loss"] for e in log)
+    state = Run.open(out).model_for().state_dict()
+    assert {k.split(".")[1] for k in state if k.startswith("slice_heads.")} == {
+        f"{t}__{s}" for t in ("sst2", "stsb") for s in ("has_good", "long", "nothing")}
+    pkg = package_from_run(out, "sst2", "last")
+    assert not any("slice" in k for k in pkg.tensors)
+
+
+def test_sbl_heads_train_predict_without_slicing_functions_and_are_served(mini_glue, tiny_config, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from manytask.serving.app import create_app
+    from manytask.serving.bundle import Bundle, package_from_run
+    from manytask.serving.predictor import MergedPredictor, answer, tokenize
+
+    out = tmp_path / "r"
+    train_run(load_config(data=_cfg(tiny_config, "sbl")), out)
+    run = Run.open(out)
+    model = run.model_for()
+    head = model.heads["sst2"]
+    assert type(head).__name__ == "SBLHead" and head.indicator.out_features == 4  # base + 3 slices
+    log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"log"' in l]
+    assert any("stsb/slices" in e["loss"] for e in log)
+    bundle = Bundle.create(tmp_path / "bundle", model.share([]), run.tokenizer(), run.cfg.model.max_seq_length)
+    for task in ("sst2", "stsb"):
+        bundle.put(package_from_run(out, task, "last"))
+    texts = ["good fine lovely", "awful dull grim cold"]
+    batch = tokenize(run.tokenizer(), texts, None, 32)
+    with torch.inference_mode():
+        want = answer(model.specs["sst2"], model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                                 tasks=["sst2"])["sst2"])
+    with TestClient(create_app(MergedPredictor(bundle))) as c:
+        res = c.post("/v1/predict", json={"inputs": [{"text": t} for t in texts], "tasks": ["sst2"]})
+        assert res.status_code == 200, res.text
+        for got, w in zip(res.json()["results"], want):
+            assert got["sst2"]["probs"] == pytest.approx(w["probs"], abs=1e-5)
