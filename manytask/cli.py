@@ -90,17 +90,22 @@ def eval_(
     """Print and save (RUN/eval.json) the dev metrics of a run: by default the last checkpoint, one model."""
     _setup(glue_dir)
     from manytask.config import ConfigError
+    from manytask.ensemble import Ensemble
     from manytask.report.tables import results_table, slices_table
     from manytask.runs import Run
 
     try:
-        run = Run.open(run_dir)
+        run = Ensemble(run_dir) if Ensemble.is_ensemble(run_dir) else Run.open(run_dir)
         result = run.evaluate("best" if best else "last")
     except (FileNotFoundError, ConfigError) as e:
         _fail(str(e))
         return
     label = "dev, each task's best checkpoint (not one model)" if best else "dev, last checkpoint (one model)"
+    if isinstance(run, Ensemble):
+        label = f"dev, ensemble ({run.mode}) of {len(run.members)} runs"
     typer.echo(results_table(result, _specs(run), label=label))
+    for member, value in result.get("members", {}).items():
+        typer.echo(f"member {member}: {100 * value:.1f}")
     sliced = slices_table(result, _specs(run))
     if sliced:
         typer.echo(sliced)
@@ -120,12 +125,14 @@ def predict(
     """Write predictions (label and probabilities, or score) for every line of a file."""
     _setup(glue_dir)
     from manytask.data.readers import DataError
+    from manytask.ensemble import Ensemble
     from manytask.evaluation.submit import predict_file
     from manytask.runs import Run
 
     fields = [f.strip() for f in text_fields.split(",")] if text_fields else None
     try:
-        n = predict_file(Run.open(run_dir), task, input, output, fields, id_field)
+        source = Ensemble(run_dir) if Ensemble.is_ensemble(run_dir) else Run.open(run_dir)
+        n = predict_file(source, task, input, output, fields, id_field)
     except (KeyError, DataError, FileNotFoundError) as e:
         _fail(str(e.args[0]) if isinstance(e, KeyError) else str(e))
         return
@@ -141,17 +148,46 @@ def submit(
     """Write test-set predictions: GLUE leaderboard files (CoLA.tsv, ..., AX.tsv) and <task>.tsv for user tasks."""
     _setup(glue_dir)
     from manytask.data.readers import DataError
+    from manytask.ensemble import Ensemble
     from manytask.evaluation.submit import write_submission
     from manytask.runs import Run
 
     try:
-        written, notes = write_submission(Run.open(run_dir), out)
+        source = Ensemble(run_dir) if Ensemble.is_ensemble(run_dir) else Run.open(run_dir)
+        written, notes = write_submission(source, out)
     except (FileNotFoundError, DataError) as e:
         _fail(str(e))
         return
     for n in notes:
         typer.echo(f"note: {n}")
     typer.echo(f"wrote {', '.join(written)} to {out}" if written else f"wrote nothing to {out}: see the notes above")
+
+
+@app.command()
+def ensemble(
+    runs: list[Path] = typer.Argument(..., help="two or more run directories that share the task"),
+    task: str = typer.Option(..., "--task", "-t"),
+    out: Path = typer.Option(..., "--out", "-o", help="ensemble directory (eval, predict and submit take it)"),
+    mode: str = typer.Option("mean", help="mean of probabilities, vote (majority; mean for regression), or "
+                             "weighted (by each member's dev score)"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Combine runs into an ensemble for one task; prints each member's and the ensemble's dev score."""
+    _setup(glue_dir)
+    from manytask.config import ConfigError
+    from manytask.ensemble import Ensemble
+    from manytask.report.tables import results_table
+
+    try:
+        ens = Ensemble.create(runs, task, out, mode)
+        result = ens.evaluate()
+    except (ConfigError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo(results_table(result, {s.name: s for s in ens.specs()}, label=f"dev, ensemble ({mode})"))
+    for member, value in result["members"].items():
+        typer.echo(f"member {member}: {100 * value:.1f}")
+    typer.echo(f"ensemble: {out / 'ensemble.json'}, {out / 'eval.json'}")
 
 
 @app.command()

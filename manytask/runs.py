@@ -251,6 +251,15 @@ class Run:
         load_weights(weights, model)
         return model.eval()
 
+    def predict_examples(self, spec, examples, which: str = "best"):
+        """Predictions of ``spec.name`` on examples (its best checkpoint, as ``predict`` and ``submit`` use)."""
+        from manytask.evaluation.predict import predict
+
+        tok = self.tokenizer()
+        feats = encode(examples, spec, tok, self.cfg.model.max_seq_length)
+        return predict(self.model_for(spec.name, which), spec, feats, self.cfg.train.eval_batch_size,
+                       tok.pad_token_id, self.cfg.train.precision)
+
     def evaluate(self, which: str = "last") -> dict:
         """Dev metrics of every task: all with the last checkpoint (one model), or each task with its own
         best checkpoint (``which="best"``; the average is then not one model's)."""

@@ -23,7 +23,7 @@ def test_spans_align_to_the_first_piece_of_each_tagger_token_and_misses_are_coun
 
 def test_without_spacy_asking_for_it_names_the_install_command():
     try:
-        import spacy  # noqa: F401
+        import spacy  # noqa: F401  (only whether it imports)
         pytest.skip("spaCy is installed here")
     except ImportError:
         pass

@@ -35,7 +35,7 @@ def tiny_encoder(layers: int = 4) -> BertModel:
                                 intermediate_size=32), add_pooling_layer=False)
 
 
-def spec(name: str) -> TaskSpec:
+def spec(name: str):
     return glue_task("sst2").model_copy(update={"name": name})
 
 

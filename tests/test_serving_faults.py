@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient
 
 from manytask.serving.app import Limits, create_app
 from manytask.serving.batcher import MicroBatcher
-from manytask.serving.bundle import Bundle, TaskPackage, package_from_run
+from manytask.serving.bundle import Bundle, package_from_run
 from manytask.serving.predictor import MergedPredictor
 from manytask.serving.protocol import protocol_with
-from tests.test_flex import TEXTS, other_run, selected_run
+from tests.test_flex import other_run, selected_run
 
 TOKEN = "an-admin-token-of-32-characters!"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

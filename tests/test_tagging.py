@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 

@@ -1,4 +1,7 @@
-"""Write predictions for a user's file, and the GLUE leaderboard files (index<TAB>prediction)."""
+"""Write predictions for a user's file, and the GLUE leaderboard files (index<TAB>prediction).
+
+Works for anything with ``specs()``, ``cfg`` and ``predict_examples(spec, examples)``: a run or an ensemble.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,7 @@ from typing import Optional
 
 from manytask.data.loading import load_test_splits
 from manytask.data.readers import infer_format, read_split
-from manytask.evaluation.predict import Predictions, predict
-from manytask.data.features import encode
-from manytask.runs import Run
+from manytask.evaluation.predict import Predictions
 from manytask.tasks import Field, SplitSpec, TaskSpec
 from manytask.training.checkpoint import atomic_write_text
 
@@ -47,7 +48,7 @@ def input_spec(spec: TaskSpec, path: Path, text_fields: Optional[list[Field]], i
                                    "quoting": quoting})
 
 
-def predict_file(run: Run, task: str, input_path: Path, output: Path, text_fields=None, id_field=None,
+def predict_file(run, task: str, input_path: Path, output: Path, text_fields=None, id_field=None,
                  fmt=None) -> int:
     """One prediction per input record of ``input_path`` (every record is read, or the file is refused
     naming the line at fault); JSONL (.jsonl) or TSV output. Returns the count."""
@@ -56,10 +57,7 @@ def predict_file(run: Run, task: str, input_path: Path, output: Path, text_field
         raise KeyError(f"unknown task {task!r}: the run has {', '.join(specs)}")
     spec = input_spec(specs[task], Path(input_path), text_fields, id_field, fmt)
     examples = read_split(spec, "input", Path("."))
-    tok = run.tokenizer()
-    model = run.model_for(task)
-    feats = encode(examples, spec, tok, run.cfg.model.max_seq_length)
-    preds = predict(model, spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id, run.cfg.train.precision)
+    preds = run.predict_examples(spec, examples)
     output = Path(output)
     if spec.kind == "tagging":
         _write_tags(spec, examples, preds, output)
@@ -98,14 +96,13 @@ def _write_tags(spec: TaskSpec, examples, preds: Predictions, output: Path) -> N
     atomic_write_text(output, "\n\n".join(blocks) + "\n")
 
 
-def write_submission(run: Run, out_dir: Path) -> tuple[list[str], list[str]]:
+def write_submission(run, out_dir: Path) -> tuple[list[str], list[str]]:
     """Prediction files for the test splits of the run's tasks: GLUE's leaderboard files (CoLA.tsv, ...,
     AX.tsv) and ``<task>.tsv`` for a user task's ``test:`` file (ids from its ``id_field``, else line
     numbers). Returns (files written, why any task got none)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     glue_dir = run.cfg.resolved_glue_dir()
-    tok = run.tokenizer()
     written, notes = [], []
     for spec in run.specs():
         test_splits = [n for n, s in spec.splits.items() if s.role == "test"]
@@ -116,12 +113,9 @@ def write_submission(run: Run, out_dir: Path) -> tuple[list[str], list[str]]:
         notes.extend(missing)
         if not tests:
             continue
-        model = run.model_for(spec.name)
         for split, examples in tests.items():
             name = spec.splits[split].submission or (f"{spec.name}.tsv" if split == "test" else f"{spec.name}-{split}.tsv")
-            feats = encode(examples, spec, tok, run.cfg.model.max_seq_length)
-            preds: Predictions = predict(model, spec, feats, run.cfg.train.eval_batch_size, tok.pad_token_id,
-                                         run.cfg.train.precision)
+            preds: Predictions = run.predict_examples(spec, examples)
             if spec.kind == "tagging":  # one line a sentence: its tags, space-separated
                 body = ["index\tprediction"] + [f"{e.key}\t{' '.join(_tag(spec, v) or '_' for v in tags)}"
                                                 for e, tags in zip(examples, preds.values)]

@@ -7,7 +7,6 @@ selection; then one bundle. Every run is an ordinary run directory, reused when 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional

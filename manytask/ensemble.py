@@ -1,0 +1,145 @@
+"""Ensembles of runs that share a task (MeTaL's last rung): the mean of the members' probabilities, a
+majority vote, or a mean weighted by each member's dev score. An ensemble is a directory with
+``ensemble.json``; ``eval``, ``predict`` and ``submit`` take it like a run.
+
+Members must agree on the task's kind and label space, and on the ids of the examples they are scored on
+(ids are tokenisation-independent, so members may use different encoders).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from manytask.config import ConfigError
+from manytask.data.loading import load_tasks
+from manytask.evaluation.predict import Predictions, score, summarize
+from manytask.runs import Run
+from manytask.training.checkpoint import atomic_write_json
+
+MODES = ("mean", "vote", "weighted")
+
+
+class EnsembleError(ConfigError):
+    """Members that cannot be combined; the message names the member and what differs."""
+
+
+def combine(spec, preds: Sequence[Predictions], mode: str, weights: Sequence[float]) -> Predictions:
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    if spec.kind == "regression":
+        values = np.stack([p.values for p in preds])  # vote on scores is their mean
+        return Predictions(preds[0].ids, (w[:, None] * values).sum(0) if mode == "weighted" else values.mean(0), None)
+    probs = np.stack([p.probs for p in preds])  # [members, n, classes]
+    mean = (w[:, None, None] * probs).sum(0) if mode == "weighted" else probs.mean(0)
+    if mode != "vote":
+        return Predictions(preds[0].ids, mean.argmax(-1), mean)
+    votes = np.stack([p.values for p in preds])  # [members, n]
+    chosen = []
+    for i in range(votes.shape[1]):
+        counts = Counter(votes[:, i].tolist()).most_common()
+        tied = [c for c, k in counts if k == counts[0][1]]
+        chosen.append(tied[0] if len(tied) == 1 else max(tied, key=lambda c: mean[i, c]))  # ties: mean probability
+    return Predictions(preds[0].ids, np.asarray(chosen), mean)
+
+
+class Ensemble:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        meta_path = self.path / "ensemble.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not an ensemble (no ensemble.json)")
+        self.meta = json.loads(meta_path.read_text())
+        self.task, self.mode = self.meta["task"], self.meta["mode"]
+        self.members = [Run.open(Path(m["run"])) for m in self.meta["members"]]
+        self.weights = [m["weight"] for m in self.meta["members"]]
+        self.cfg = self.members[0].cfg
+
+    @staticmethod
+    def is_ensemble(path: Path) -> bool:
+        return (Path(path) / "ensemble.json").is_file()
+
+    @classmethod
+    def create(cls, runs: Sequence[Path], task: str, out: Path, mode: str = "mean") -> "Ensemble":
+        if mode not in MODES:
+            raise EnsembleError(f"mode {mode!r}: one of {', '.join(MODES)}")
+        if len(runs) < 2:
+            raise EnsembleError("an ensemble needs two or more runs")
+        opened = [Run.open(Path(r)) for r in runs]
+        specs = []
+        for r in opened:
+            spec = next((s for s in r.specs() if s.name == task), None)
+            if spec is None:
+                raise EnsembleError(f"{r.path}: the run has no task {task!r}")
+            if spec.kind == "tagging":
+                raise EnsembleError(f"task {task!r}: ensembles of tagging tasks are not supported")
+            specs.append(spec)
+        for r, s in zip(opened[1:], specs[1:]):
+            if (s.kind, s.labels, s.label_range) != (specs[0].kind, specs[0].labels, specs[0].label_range):
+                raise EnsembleError(f"{r.path}: task {task!r} has {s.kind} labels {s.labels or s.label_range}; "
+                                    f"{opened[0].path} has {specs[0].labels or specs[0].label_range}")
+        ids = [_eval_ids(r, task) for r in opened]
+        for r, i in zip(opened[1:], ids[1:]):
+            if i != ids[0]:
+                raise EnsembleError(f"{r.path}: its evaluation examples for {task!r} differ from {opened[0].path}'s "
+                                    f"({len(i)} vs {len(ids[0])} ids, {len(set(i) ^ set(ids[0]))} not shared)")
+        scores = [_dev_primary(r, specs[0]) for r in opened]
+        weights = [max(s, 1e-6) for s in scores] if mode == "weighted" else [1.0] * len(opened)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "ensemble.json", {
+            "task": task, "mode": mode,
+            "members": [{"run": str(r.path.resolve()), "dev_primary": sc, "weight": w}
+                        for r, sc, w in zip(opened, scores, weights)]})
+        return cls(out)
+
+    # the interface predict_file and write_submission use
+    def specs(self):
+        return [s for s in self.members[0].specs() if s.name == self.task]
+
+    def predict_examples(self, spec, examples, which: str = "best") -> Predictions:
+        return combine(spec, [m.predict_examples(spec, examples, which) for m in self.members], self.mode, self.weights)
+
+    def evaluate(self, which: str = "best") -> dict:
+        """Dev metrics of the ensemble and of each member, on the members' shared evaluation sets."""
+        data = next(d for d in load_tasks(self.cfg, with_train=False)[0] if d.name == self.task)
+        results, members = {}, {}
+        for split, examples in data.evals.items():
+            per_member = [m.predict_examples(data.spec, examples, which) for m in self.members]
+            feats = _gold(data.spec, examples)
+            results[split] = score(data.spec, combine(data.spec, per_member, self.mode, self.weights), feats,
+                                   data.eval_titles[split])
+            for m, p in zip(self.members, per_member):
+                members.setdefault(str(m.path), {})[split] = score(data.spec, p, feats, data.eval_titles[split])
+        out = {**summarize({self.task: results}, {self.task: data.spec}), "titles": {self.task: data.eval_titles},
+               "checkpoint": which, "skipped": [], "mode": self.mode,
+               "members": {k: summarize({self.task: v}, {self.task: data.spec})["primary"][self.task]
+                           for k, v in members.items()}}
+        atomic_write_json(self.path / "eval.json", out)
+        return out
+
+
+def _dev_primary(run: Run, spec) -> float:
+    """A member's primary dev score (its best checkpoint), without writing into its directory."""
+    data = next(d for d in load_tasks(run.cfg, with_train=False)[0] if d.name == spec.name)
+    results = {split: score(spec, run.predict_examples(spec, ex), _gold(spec, ex), data.eval_titles[split])
+               for split, ex in data.evals.items()}
+    return summarize({spec.name: results}, {spec.name: spec})["primary"][spec.name]
+
+
+def _eval_ids(run: Run, task: str) -> list[str]:
+    data = next((d for d in load_tasks(run.cfg, with_train=False)[0] if d.name == task), None)
+    if data is None:
+        raise EnsembleError(f"{run.path}: task {task!r} has no evaluation data here")
+    return [e.id for split in sorted(data.evals) for e in data.evals[split]]
+
+
+def _gold(spec, examples):
+    from manytask.data.features import Features
+
+    labels = [float(e.label) if spec.kind == "classification" else spec.scale(float(e.label)) for e in examples]
+    return Features([e.id for e in examples], [], [], labels)
