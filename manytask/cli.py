@@ -190,6 +190,38 @@ def ensemble(
     typer.echo(f"ensemble: {out / 'ensemble.json'}, {out / 'eval.json'}")
 
 
+@app.command("ensemble-members")
+def ensemble_members(
+    config: Path = typer.Option(..., "--config", "-c", help="the run's YAML recipe"),
+    task: str = typer.Option(..., "--task", "-t"),
+    k: int = typer.Option(5, "--k", help="members"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    fraction: float = typer.Option(0.2, help="share of the training set each member holds out"),
+    mode: str = typer.Option("mean"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Train k members on k seeded re-splits of the task's training set (each scored on its own held-out part
+    and on the official dev set), then their ensemble (OUT/ensemble), scored on the official dev set."""
+    _setup(glue_dir)
+    from manytask.config import ConfigError, load_config
+    from manytask.data.loading import MissingData
+    from manytask.data.readers import DataError
+    from manytask.ensemble import train_members
+    from manytask.report.tables import results_table
+
+    try:
+        ens = train_members(load_config(config), task, k, out, fraction, mode)
+        result = ens.evaluate()
+    except (ConfigError, DataError, MissingData, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo(results_table(result, {s.name: s for s in ens.specs()}, label=f"dev, ensemble of {k} ({mode})"))
+    for member, value in result["members"].items():
+        held = result["members_heldout"].get(member, {})
+        own = ", ".join(f"own held-out {100 * m[ens.specs()[0].primary]:.1f}" for m in held.values())
+        typer.echo(f"member {member}: dev {100 * value:.1f}" + (f" ({own})" if own else ""))
+
+
 @app.command()
 def tasks(glue_dir: Optional[Path] = GlueDir) -> None:
     """List GLUE tasks and which of their files are present."""

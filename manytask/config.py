@@ -19,9 +19,10 @@ class ConfigError(ValueError):
 class Resplit(StrictModel):
     """Take the evaluation set as a seeded, stratified hold-out of a labelled file."""
 
-    source: str  # split to cut, e.g. "dev_matched" for MNLI, "dev" for QNLI
+    source: str  # split to cut, e.g. "dev_matched" for MNLI, "dev" for QNLI, or "train"
     dev_fraction: float = 0.2
     seed: int = 0
+    keep_dev: bool = False  # also evaluate on the task's own dev sets (when the source is not one of them)
 
     @field_validator("dev_fraction")
     @classmethod

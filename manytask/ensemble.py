@@ -3,7 +3,9 @@ majority vote, or a mean weighted by each member's dev score. An ensemble is a d
 ``ensemble.json``; ``eval``, ``predict`` and ``submit`` take it like a run.
 
 Members must agree on the task's kind and label space, and on the ids of the examples they are scored on
-(ids are tokenisation-independent, so members may use different encoders).
+(ids are tokenisation-independent, so members may use different encoders). Members trained on re-splits
+(``train_members``) are each scored on their own held-out part; the ensemble on the evaluation sets they
+share (the official dev set).
 """
 
 from __future__ import annotations
@@ -109,33 +111,75 @@ class Ensemble:
         data = next(d for d in load_tasks(self.cfg, with_train=False)[0] if d.name == self.task)
         results, members = {}, {}
         for split, examples in data.evals.items():
+            if not _shared(split):
+                continue
             per_member = [m.predict_examples(data.spec, examples, which) for m in self.members]
             feats = _gold(data.spec, examples)
             results[split] = score(data.spec, combine(data.spec, per_member, self.mode, self.weights), feats,
                                    data.eval_titles[split])
             for m, p in zip(self.members, per_member):
                 members.setdefault(str(m.path), {})[split] = score(data.spec, p, feats, data.eval_titles[split])
-        out = {**summarize({self.task: results}, {self.task: data.spec}), "titles": {self.task: data.eval_titles},
+        titles = {s: t for s, t in data.eval_titles.items() if _shared(s)}
+        out = {**summarize({self.task: results}, {self.task: data.spec}), "titles": {self.task: titles},
                "checkpoint": which, "skipped": [], "mode": self.mode,
                "members": {k: summarize({self.task: v}, {self.task: data.spec})["primary"][self.task]
-                           for k, v in members.items()}}
+                           for k, v in members.items()},
+               "members_heldout": {str(m.path): _heldout(m, self.task) for m in self.members}}
         atomic_write_json(self.path / "eval.json", out)
         return out
+
+
+def _heldout(run: Run, task: str) -> dict:
+    """A re-split member's score on its own held-out part, as its training run recorded it (last step)."""
+    results = Path(run.path) / "results.json"
+    if not results.exists():
+        return {}
+    final = json.loads(results.read_text()).get("final") or {}
+    return {s: m for s, m in (final.get("tasks", {}).get(task) or {}).items() if not _shared(s)}
 
 
 def _dev_primary(run: Run, spec) -> float:
     """A member's primary dev score (its best checkpoint), without writing into its directory."""
     data = next(d for d in load_tasks(run.cfg, with_train=False)[0] if d.name == spec.name)
     results = {split: score(spec, run.predict_examples(spec, ex), _gold(spec, ex), data.eval_titles[split])
-               for split, ex in data.evals.items()}
+               for split, ex in data.evals.items() if _shared(split)}
     return summarize({spec.name: results}, {spec.name: spec})["primary"][spec.name]
+
+
+def _shared(split: str) -> bool:
+    return not split.endswith("_heldout")  # a member's own held-out part is its own, not the ensemble's
 
 
 def _eval_ids(run: Run, task: str) -> list[str]:
     data = next((d for d in load_tasks(run.cfg, with_train=False)[0] if d.name == task), None)
     if data is None:
         raise EnsembleError(f"{run.path}: task {task!r} has no evaluation data here")
-    return [e.id for split in sorted(data.evals) for e in data.evals[split]]
+    ids = [e.id for split in sorted(data.evals) if _shared(split) for e in data.evals[split]]
+    if not ids:
+        raise EnsembleError(f"{run.path}: task {task!r} has no evaluation set shared with other members "
+                            "(re-split members need resplit.keep_dev)")
+    return ids
+
+
+def train_members(cfg, task: str, k: int, out: Path, fraction: float = 0.2, mode: str = "mean") -> "Ensemble":
+    """MeTaL against dev over-fitting: k members, member i trained with seed i on a seeded hold-out re-split
+    of the training set (seed i), each scored on its own held-out part and on the official dev set; then
+    their ensemble, scored on the official dev set."""
+    from manytask.config import Resplit
+    from manytask.runs import train_run
+
+    out = Path(out)
+    runs = []
+    for i in range(k):
+        member = cfg.model_copy(deep=True)
+        member.seed = cfg.seed + i
+        for t in member.tasks:
+            if t.name == task:
+                t.resplit = Resplit(source="train", dev_fraction=fraction, seed=i, keep_dev=True)
+        run_dir = out / f"member-{i}"
+        train_run(member, run_dir, resume=(run_dir / "config.yaml").exists())
+        runs.append(run_dir)
+    return Ensemble.create(runs, task, out / "ensemble", mode)
 
 
 def _gold(spec, examples):

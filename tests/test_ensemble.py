@@ -113,3 +113,23 @@ def test_members_that_disagree_are_refused(members, tmp_path):
     train_run(load_config(data=user), tmp_path / "u2")
     with pytest.raises(EnsembleError, match="labels"):
         Ensemble.create([tmp_path / "u1", tmp_path / "u2"], "sst2x", tmp_path / "e5")
+
+
+def test_members_on_resplits_are_scored_on_their_own_part_and_ensembled_on_dev(members, tmp_path):
+    from tests.conftest import TINY
+
+    base, glue, _ = members
+    cfg = {"seed": 1, "glue_dir": str(glue), "tasks": ["sst2"], "model": dict(TINY),
+           "train": {"batch_size": 8, "steps": 4, "progress": False}}
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    res = runner.invoke(cli_app, ["ensemble-members", "-c", str(tmp_path / "c.yaml"), "--task", "sst2", "--k", "3",
+                                  "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    held = [json.loads((tmp_path / "m" / f"member-{i}" / "data.json").read_text())["tasks"]["sst2"] for i in range(3)]
+    assert all(set(h["eval"]) == {"train_heldout", "dev"} for h in held)
+    ids = [set(Run.open(tmp_path / "m" / f"member-{i}").cfg.tasks[0].resplit.model_dump().items()) for i in range(3)]
+    assert len({frozenset(i) for i in ids}) == 3  # three different re-splits
+    saved = json.loads((tmp_path / "m" / "ensemble" / "eval.json").read_text())
+    assert list(saved["titles"]["sst2"]) == ["dev"]  # the ensemble is scored on the shared, official dev set
+    assert all("train_heldout" in v for v in saved["members_heldout"].values())
+    assert res.output.count("own held-out") == 3

@@ -118,6 +118,11 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
             f"(seeded stratified hold-out, fraction {entry.resplit.dev_fraction}, seed {entry.resplit.seed}); "
             "not comparable with published dev numbers"
         )
+        if entry.resplit.keep_dev:
+            for s in dev_splits:
+                if s != src and _exists(spec, s, root):
+                    evals[s] = _read(spec, s, root, hashes)
+                    titles[s] = spec.splits[s].display or spec.title
     else:
         if with_train:
             present = [s for s in train_splits if _exists(spec, s, root)]
