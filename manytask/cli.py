@@ -223,6 +223,29 @@ def ensemble_members(
 
 
 @app.command()
+def weak(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML: task, unlabeled file, labeling functions"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    glue_dir: Optional[Path] = GlueDir,
+) -> None:
+    """Labeling functions + Snorkel's label model: probabilistic labels for unlabelled text, as a teacher-target
+    store any recipe can train on, with the functions' coverage, overlaps, conflicts and accuracy."""
+    _setup(glue_dir)
+    from manytask.config import ConfigError, RunConfig
+    from manytask.data.loading import MissingData
+    from manytask.data.readers import DataError
+    from manytask.weak import load_weak, run_weak
+
+    try:
+        report = run_weak(load_weak(config), out, RunConfig(tasks=["sst2"]).resolved_glue_dir())
+    except (ConfigError, DataError, MissingData, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo((out / "weak.md").read_text())
+    typer.echo(f"weak labels: {out / 'train.jsonl'}, targets: {out / 'targets'}; {report['examples']} examples")
+
+
+@app.command()
 def tasks(glue_dir: Optional[Path] = GlueDir) -> None:
     """List GLUE tasks and which of their files are present."""
     _setup(glue_dir)
