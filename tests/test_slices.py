@@ -138,3 +138,31 @@ def test_sbl_heads_train_predict_without_slicing_functions_and_are_served(mini_g
         assert res.status_code == 200, res.text
         for got, w in zip(res.json()["results"], want):
             assert got["sst2"]["probs"] == pytest.approx(w["probs"], abs=1e-5)
+
+
+def test_a_study_recipe_trains_slice_heads_and_the_report_scores_each_slice(mini_glue, tmp_path):
+    from manytask.distill.recipes import StudyConfig
+    from manytask.distill.study import recipe_dir, run_study
+    from manytask.report.bam import write_report
+    from tests.conftest import TINY
+
+    cfg = StudyConfig.model_validate({
+        "name": "sliced", "seeds": [1], "tasks": [{"name": "sst2", "max_train": 24, "slices": SLICES}, "stsb"],
+        "model": dict(TINY), "multi": {"batch_size": 8, "steps": 4, "progress": False},
+        "recipes": [{"name": "Multi", "student": "multi"},
+                    {"name": "Multi+slices", "student": "multi", "slice_mode": "heads"}],
+        "baselines": ["Multi"]})
+    out = tmp_path / "study"
+    run_study(cfg, out)
+    plain = Run.open(recipe_dir(out, 1, cfg.recipe("Multi")) / "run")
+    sliced = Run.open(recipe_dir(out, 1, cfg.recipe("Multi+slices")) / "run")
+    assert plain.cfg.tasks[0].slices.mode == "eval" and sliced.cfg.tasks[0].slices.mode == "heads"
+    assert not any(k.startswith("slice_heads.") for k in plain.model_for().state_dict())
+    assert any(k.startswith("slice_heads.sst2__") for k in sliced.model_for().state_dict())
+    rep = write_report(out)
+    rows = {(r["recipe"], r["slice"]): r for r in rep["slices"]}
+    assert set(rows) == {(r, s) for r in ("Multi", "Multi+slices") for s in ("has_good", "long", "nothing")}
+    scores = json.loads((recipe_dir(out, 1, cfg.recipe("Multi+slices")) / "scores.json").read_text())
+    want = 100 * scores["tasks"]["sst2"]["dev"]["slices"]["has_good"]["accuracy"]
+    assert rows[("Multi+slices", "has_good")]["median"] == pytest.approx(want)
+    assert "## Slices" in rep["markdown"]

@@ -25,6 +25,8 @@ class Recipe(StrictModel):
     init: Optional[str] = None  # finetune: recipe whose model is fine-tuned on each task
     init_checkpoint: Literal["last", "best"] = "last"  # finetune: the trained model, or the task's best dev checkpoint
     train: dict[str, Any] = {}  # overrides of the student kind's training settings, e.g. {batching: mixed}
+    slice_mode: Optional[Literal["heads", "sbl"]] = None  # train the tasks' slices so (else they are only scored)
+    only: Optional[list[str]] = None  # single and finetune students: train these tasks only (default: all)
     schedule: Literal["linear", "constant"] = "linear"  # teacher annealing, or a constant lambda
     lam: float = 0.0
     temperature: Optional[float] = None  # default: the study's distill.temperature
@@ -37,6 +39,9 @@ class Recipe(StrictModel):
             raise ValueError(f"recipe {self.name!r}: 'init' is for finetune students only")
         if not 0.0 <= self.lam <= 1.0:
             raise ValueError(f"recipe {self.name!r}: lam must be between 0 and 1")
+        if self.only is not None and self.student == "multi":
+            raise ValueError(f"recipe {self.name!r}: 'only' is for single and finetune students (a multi student "
+                             "learns every task of the study)")
         try:
             TrainConfig.model_validate({**TrainConfig().model_dump(), **self.train})
         except ValidationError as e:
@@ -108,10 +113,14 @@ class StudyConfig(StrictModel):
         slugs = [r.slug for r in self.recipes]
         if len(set(slugs)) != len(slugs):
             raise ValueError(f"recipe names map to the same directory: {slugs}")
+        tasks = {t.name for t in self.tasks}
         for r in self.recipes:
             for ref in (r.teacher, r.init):
                 if ref is not None and ref not in names:
                     raise ValueError(f"recipe {r.name!r} refers to unknown recipe {ref!r} (known: {', '.join(names)})")
+            unknown = sorted(set(r.only or []) - tasks)
+            if unknown:
+                raise ValueError(f"recipe {r.name!r}: 'only' names unknown task(s) {', '.join(unknown)}")
         for ref in [*self.baselines, *([self.trace] if self.trace else []), *(x for pair in self.comparisons for x in pair)]:
             if ref not in names:
                 raise ValueError(f"{ref!r} is not a recipe (known: {', '.join(names)})")

@@ -57,8 +57,13 @@ class Study:
         data, skipped = load_tasks(probe, with_train=False)
         return [d.name for d in data], skipped
 
-    def entries(self, names: list[str]):
-        return [e for e in self.cfg.tasks if e.name in names]
+    def entries(self, names: list[str], slice_mode: Optional[str] = None):
+        """The study's task entries for these tasks; a recipe's ``slice_mode`` trains their slices."""
+        out = [e.model_copy(deep=True) for e in self.cfg.tasks if e.name in names]
+        for e in out:
+            if e.slices is not None:
+                e.slices.mode = slice_mode or "eval"
+        return out
 
     # ---- one recipe, one seed ----------------------------------------------------------------
     def run_recipe(self, seed: int, recipe: Recipe) -> dict:
@@ -73,11 +78,12 @@ class Study:
             store = self.targets(seed, self.cfg.recipe(recipe.teacher))
             distill = DistillConfig(targets=str(store.resolve()), schedule=recipe.schedule, lam=recipe.lam,
                                     temperature=recipe.temperature or self.cfg.distill.temperature)
-        dirs = run_dirs(self.out, seed, recipe, self.tasks)
-        groups = [self.tasks] if recipe.student == "multi" else [[t] for t in self.tasks]
+        tasks = [t for t in self.tasks if recipe.only is None or t in recipe.only]
+        dirs = run_dirs(self.out, seed, recipe, tasks)
+        groups = [tasks] if recipe.student == "multi" else [[t] for t in tasks]
         results, finals = {}, {}
         for names in groups:
-            cfg = self._base_config(seed, self.entries(names), train)
+            cfg = self._base_config(seed, self.entries(names, recipe.slice_mode), train)
             cfg.distill = distill
             if recipe.init:
                 source = run_dirs(self.out, seed, self.cfg.recipe(recipe.init), names)[names[0]]
@@ -90,7 +96,7 @@ class Study:
             for n in names:
                 results[n] = summary["final"]["tasks"][n]
                 finals[n] = str(run_dir.relative_to(self.out))
-        specs = {e.name: e.resolve(Path.cwd()) for e in self.entries(self.tasks)}
+        specs = {e.name: e.resolve(Path.cwd()) for e in self.entries(tasks)}
         scores = {**summarize(results, specs), "runs": finals, "recipe": recipe.name, "seed": seed}
         atomic_write_json(done, scores)
         return scores
@@ -103,7 +109,8 @@ class Study:
         if manifest.exists():
             return store
         written = {}
-        for run_dir in dict.fromkeys(run_dirs(self.out, seed, teacher, self.tasks).values()):
+        taught = [t for t in self.tasks if teacher.only is None or t in teacher.only]
+        for run_dir in dict.fromkeys(run_dirs(self.out, seed, teacher, taught).values()):
             for p in write_targets(run_dir, store, "last", {"recipe": teacher.name}):
                 written[p.name] = str(run_dir.relative_to(self.out))
         atomic_write_json(manifest, {"recipe": teacher.name, "seed": seed, "files": written})

@@ -86,9 +86,30 @@ def build(out: Path) -> dict:
     _adjust(comparisons, columns, cfg.holm_family)
     headline = _headline(cfg, rows, comparisons)
     primary = {e.name: e.resolve(Path.cwd()).primary for e in cfg.tasks if e.name in tasks}
+    slices = _slice_rows(cfg, scores, primary)
     return {"study": cfg.name, "out": str(out), "tasks": tasks, "columns": columns, "rows": rows, "primary": primary,
             "comparisons": comparisons, "holm_family": cfg.holm_family, "headline": headline, "data": data,
+            "slices": slices,
             "encoder": _encoder(cfg), "seeds": cfg.seeds, "titles": {t: _title(data.get(t), t) for t in tasks}}
+
+
+def _slice_rows(cfg: StudyConfig, scores: dict, primary: dict) -> list[dict]:
+    """Per recipe, task and slice: the median over seeds of the task's primary metric on the slice's members."""
+    rows = []
+    for r in cfg.recipes:
+        per = scores.get(r.name, {})
+        found: dict[tuple[str, str, str], list] = {}
+        for s in sorted(per):
+            for task, splits in per[s]["tasks"].items():
+                for split, metrics in splits.items():
+                    for name, m in metrics.get("slices", {}).items():
+                        value = m.get(primary.get(task, ""))
+                        found.setdefault((task, split, name), []).append((m["n"], math.nan if value is None else 100 * value))
+        for (task, split, name), values in found.items():
+            st = spread([v for _, v in values])
+            rows.append({"recipe": r.name, "task": task, "split": split, "slice": name, "n": values[0][0],
+                         "median": st.median, "half_range": st.half_range, "seeds": len(values)})
+    return rows
 
 
 def comparison_pairs(cfg: StudyConfig) -> list[tuple[str, str, str]]:
@@ -233,6 +254,14 @@ def markdown(rep: dict) -> str:
             if t:
                 lines.append(f"| {step} | {_signed(t['median_diff'])} | {_signed(t['mean_paired_diff'])} | "
                              f"{_p(t['p'])} | {_p(t['p_holm'])} |")
+    if rep.get("slices"):
+        lines += ["", "## Slices", "", "The task's primary metric on each slice's members, median over seeds ± half the "
+                  "range; n: the slice's size (under 30: too small to read).", "",
+                  "| recipe | task | slice | n | score |", "|---|---|---|---|---|"]
+        for r in rep["slices"]:
+            flag = " ⚠" if r["n"] < 30 else ""
+            lines.append(f"| {r['recipe']} | {rep['titles'].get(r['task'], r['task'])} | {r['slice']} | {r['n']}{flag} | "
+                         f"{_fmt(r['median'])} ±{_fmt(r['half_range'])} |")
     lines += ["", "## Data and encoder", "", f"Encoder: {rep['encoder']}.", "",
               "| task | train examples (of) | eval sets | files (sha256, first 12) |", "|---|---|---|---|"]
     for t in rep["tasks"]:
