@@ -14,9 +14,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Train and evaluate many NLU tasks on one shared BERT-family encoder.")
 
 GlueDir = typer.Option(None, "--glue-dir", help="GLUE directory (default: $MANYTASK_GLUE_DIR, else ./data/glue)")
+DeviceOpt = typer.Option(None, "--device", help="auto (a GPU when torch sees one), cpu, cuda, cuda:N or mps; "
+                         "'auto' in configs follows it")
 
 
-def _setup(glue_dir: Optional[Path]) -> None:
+def _setup(glue_dir: Optional[Path], device: Optional[str] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     import transformers
 
@@ -24,6 +26,8 @@ def _setup(glue_dir: Optional[Path]) -> None:
     transformers.utils.logging.disable_progress_bar()
     if glue_dir is not None:
         os.environ["MANYTASK_GLUE_DIR"] = str(glue_dir)
+    if device is not None:
+        os.environ["MANYTASK_DEVICE"] = device
 
 
 def _fail(message: str) -> None:
@@ -41,10 +45,15 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="run directory to create (or resume)"),
     set_: list[str] = typer.Option([], "--set", help="override a key: --set train.lr=3e-5"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="stop after this step with a checkpoint "
+                                          "(resume later with --resume): training in time-limited slots"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
-    """Train a single- or multi-task model into a run directory, then print its dev scores."""
-    _setup(glue_dir)
+    """Train a single- or multi-task model into a run directory, then print its dev scores.
+
+    Several processes: `torchrun --nproc-per-node N -m manytask.cli train ...` (data parallel)."""
+    _setup(glue_dir, device)
     from manytask.config import ConfigError, load_config
     from manytask.data.loading import MissingData
     from manytask.data.readers import DataError
@@ -57,9 +66,16 @@ def train(
         config = out / "config.yaml"
     try:
         cfg = load_config(config, set_)
-        summary = train_run(cfg, out, resume=resume)
-    except (ConfigError, DataError, MissingData, FileNotFoundError) as e:
+        summary = train_run(cfg, out, resume=resume, stop_at=stop_at)
+    except (ConfigError, DataError, MissingData, FileNotFoundError, ValueError) as e:
         _fail(str(e))
+        return
+    from manytask.training import distributed
+
+    if not distributed.is_main():
+        return  # rank 0 reports
+    if "stopped" in summary:
+        typer.echo(f"stopped at step {summary['stopped']} of {summary['total_steps']}; continue with --resume")
         return
     run = Run.open(out)
     specs = _specs(run)
@@ -85,10 +101,11 @@ def eval_(
     run_dir: Path = typer.Argument(..., help="run directory"),
     best: bool = typer.Option(False, "--best", help="score each task with its own best checkpoint (then the "
                               "average is not one model's) instead of the last checkpoint"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Print and save (RUN/eval.json) the dev metrics of a run: by default the last checkpoint, one model."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.config import ConfigError
     from manytask.ensemble import Ensemble
     from manytask.report.tables import results_table, slices_table
@@ -120,10 +137,11 @@ def predict(
     output: Path = typer.Option(..., "--output", "-o", help=".jsonl, or .tsv"),
     text_fields: Optional[str] = typer.Option(None, help="comma-separated text columns, if not the task's"),
     id_field: Optional[str] = typer.Option(None, help="column to copy as the id (default: line number)"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Write predictions (label and probabilities, or score) for every line of a file."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.data.readers import DataError
     from manytask.ensemble import Ensemble
     from manytask.evaluation.submit import predict_file
@@ -143,10 +161,11 @@ def predict(
 def submit(
     run_dir: Path = typer.Argument(..., help="run directory"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for the GLUE leaderboard files"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Write test-set predictions: GLUE leaderboard files (CoLA.tsv, ..., AX.tsv) and <task>.tsv for user tasks."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.data.readers import DataError
     from manytask.ensemble import Ensemble
     from manytask.evaluation.submit import write_submission
@@ -170,10 +189,11 @@ def ensemble(
     out: Path = typer.Option(..., "--out", "-o", help="ensemble directory (eval, predict and submit take it)"),
     mode: str = typer.Option("mean", help="mean of probabilities, vote (majority; mean for regression), or "
                              "weighted (by each member's dev score)"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Combine runs into an ensemble for one task; prints each member's and the ensemble's dev score."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.config import ConfigError
     from manytask.ensemble import Ensemble
     from manytask.report.tables import results_table
@@ -198,11 +218,12 @@ def ensemble_members(
     out: Path = typer.Option(..., "--out", "-o"),
     fraction: float = typer.Option(0.2, help="share of the training set each member holds out"),
     mode: str = typer.Option("mean"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Train k members on k seeded re-splits of the task's training set (each scored on its own held-out part
     and on the official dev set), then their ensemble (OUT/ensemble), scored on the official dev set."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.config import ConfigError, load_config
     from manytask.data.loading import MissingData
     from manytask.data.readers import DataError
@@ -226,11 +247,12 @@ def ensemble_members(
 def weak(
     config: Path = typer.Option(..., "--config", "-c", help="YAML: task, unlabeled file, labeling functions"),
     out: Path = typer.Option(..., "--out", "-o"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Labeling functions + Snorkel's label model: probabilistic labels for unlabelled text, as a teacher-target
     store any recipe can train on, with the functions' coverage, overlaps, conflicts and accuracy."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.config import ConfigError, RunConfig
     from manytask.data.loading import MissingData
     from manytask.data.readers import DataError
@@ -265,10 +287,11 @@ def targets(
     run_dir: Path = typer.Argument(..., help="a trained run: the teacher"),
     out: Path = typer.Option(..., "--out", "-o", help="target-store directory (one file per task)"),
     last: bool = typer.Option(False, "--last", help="use the last checkpoint instead of each task's best"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Write a teacher's predictions on its training examples, for a student's `distill.targets`."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.distill.teacher import write_targets
 
     try:
@@ -295,13 +318,14 @@ def bam(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default: runs/<name>)"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's)"),
     set_: list[str] = typer.Option([], "--set", help="override a key: --set multi.lr=1e-4"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Run a BAM study: teachers, target stores, students, fine-tuning; then write the report.
 
     Finished stages are reused, so the same command resumes an interrupted study or adds seeds.
     """
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.config import ConfigError
     from manytask.data.loading import MissingData
     from manytask.data.readers import DataError
@@ -355,10 +379,11 @@ def flex(
     config: Path = typer.Option(..., "--config", "-c", help="flex YAML (tasks, search, compression, mixed delta)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: runs/<name>)"),
     set_: list[str] = typer.Option([], "--set", help="override a key: --set mixed.delta=1.0"),
+    device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
     """Partial fine-tuning (search k), branch compression, mixed selection; writes OUT/bundle and a report."""
-    _setup(glue_dir)
+    _setup(glue_dir, device)
     from manytask.config import ConfigError
     from manytask.data.loading import MissingData
     from manytask.data.readers import DataError
@@ -459,6 +484,7 @@ def serve(
     header_timeout: float = typer.Option(10.0, help="seconds a connection has to send a complete request head"),
     body_timeout: float = typer.Option(30.0, help="seconds a request has to send its whole body"),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, auto, cuda, cuda:N or mps: where the trunk and branches run"),
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/tasks, /healthz, /metrics, admin PUT/DELETE /v1/tasks/{name}."""
     _setup(None)
@@ -491,9 +517,9 @@ def serve(
         _fail(f"--run {bad[0]!r}: expected TASK=RUN_DIR")
     try:
         if bundle is not None:
-            predictor = MergedPredictor(Bundle(bundle))
+            predictor = MergedPredictor(Bundle(bundle), device)
         else:
-            predictor = SeparatePredictor({t: Path(d) for t, d in (r.split("=", 1) for r in run)})
+            predictor = SeparatePredictor({t: Path(d) for t, d in (r.split("=", 1) for r in run)}, device)
     except (BundleError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
         return

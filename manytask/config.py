@@ -337,7 +337,8 @@ class TrainConfig(StrictModel):
     sampling: SamplingConfig = SamplingConfig()
     batching: Literal["per_task", "mixed"] = "per_task"  # mixed: a batch holds several tasks (BAM)
     group_by_length: bool = True
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"  # fp16: CUDA, with a gradient scaler
+    device: str = "auto"  # auto (a GPU when torch sees one; else CPU), cpu, cuda, cuda:N, mps
     eval_every: Optional[int] = None  # steps; None = at the end only
     evals: Optional[int] = None  # or: this many evenly spaced dev evaluations (overrides eval_every)
     log_every: int = 20

@@ -20,6 +20,8 @@ from manytask.evaluation.predict import evaluate_task, summarize
 from manytask.models.encoder import encoder_from_dir, load_encoder, load_tokenizer, save_encoder_files
 from manytask.models.multitask import MultiTaskModel
 from manytask.training.checkpoint import CheckpointDir, atomic_write_json, atomic_write_text, load_weights
+from manytask.training import distributed
+from manytask.training.devices import resolve_device
 from manytask.training.trainer import TaskFeatures, Trainer, default_loss, seed_everything
 
 log = logging.getLogger(__name__)
@@ -156,10 +158,12 @@ def _take_tag_sets(cfg: RunConfig, labels: dict[str, Optional[list[str]]]) -> No
             t.labels = list(labels[t.name])
 
 
-def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
-    """Train into ``out``. With resume, continue the run found there from its last checkpoint."""
+def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional[int] = None) -> dict:
+    """Train into ``out``. With resume, continue the run found there from its last checkpoint; with
+    ``stop_at``, stop after that step with a checkpoint to resume from (``{"stopped": step}``)."""
     out = Path(out)
     saved = out / "config.yaml"
+    distributed.init(resolve_device(cfg.train.device))  # under torchrun: join the other ranks first
     if saved.exists() and not resume:
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and saved.exists():
@@ -170,6 +174,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
                 a.labels = a.labels or b.labels
         if dump_config(own) != dump_config(cfg):
             raise ConfigError(f"{out}: the config differs from the run's own ({saved}); resume with that config")
+    distributed.barrier()  # every rank has looked at OUT before rank 0 writes into it
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     data, skipped = load_tasks(cfg)
@@ -187,10 +192,11 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
     for f in feats:
         f.train.aux = aux_rows.get(f.spec.name, {})
         f.aux_weights = {a.name: a.weight for a in next(t for t in cfg.tasks if t.name == f.spec.name).auxiliary}
-    if not saved.exists():
+    if not saved.exists() and distributed.is_main():
         save_encoder_files(model.encoder, tokenizer, out / "encoder")
         atomic_write_json(out / "data.json", data_summary(data, skipped))
         atomic_write_text(saved, dump_config(cfg))
+    distributed.barrier()
     loss_fn = default_loss
     if cfg.distill is not None:
         from manytask.distill.teacher import TeacherLoss
@@ -202,10 +208,14 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False) -> dict:
     if trainer.step >= trainer.total_steps and (out / "results.json").exists():
         log.info("%s: training already finished", out)
         return json.loads((out / "results.json").read_text())
-    summary = trainer.train()
+    summary = trainer.train(stop_at)
+    if "stopped" in summary:
+        return summary
     summary["titles"] = {d.name: d.eval_titles for d in data}
     summary["skipped"] = skipped
-    atomic_write_json(out / "results.json", summary)
+    if distributed.is_main():
+        atomic_write_json(out / "results.json", summary)
+    distributed.barrier()
     return summary
 
 
@@ -249,7 +259,7 @@ class Run:
         model = build_model(self.cfg, self.specs(), encoder_from_dir(self.path / "encoder", self.cfg.model.dropout,
                                                                        pooler=self.cfg.model.pooling == "pooler"))
         load_weights(weights, model)
-        return model.eval()
+        return model.to(resolve_device(self.cfg.train.device)).eval()
 
     def predict_examples(self, spec, examples, which: str = "best"):
         """Predictions of ``spec.name`` on examples (its best checkpoint, as ``predict`` and ``submit`` use)."""

@@ -31,7 +31,7 @@ def test_collapse_and_average():
 
 
 def test_bf16_warns_where_the_cpu_emulates_it(monkeypatch, caplog):
-    import manytask.evaluation.predict as predict_mod
+    import manytask.training.devices as predict_mod
 
     monkeypatch.setattr(predict_mod, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(predict_mod, "_warned_bf16", False)
@@ -42,3 +42,22 @@ def test_bf16_warns_where_the_cpu_emulates_it(monkeypatch, caplog):
     with predict_mod.autocast("fp32"):
         pass
     assert caplog.text == ""
+
+
+def test_devices_and_precisions_resolve_or_refuse(monkeypatch):
+    import torch
+
+    from manytask.training.devices import resolve_device, resolve_precision
+
+    monkeypatch.delenv("MANYTASK_DEVICE", raising=False)
+    want = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto").type == want and resolve_device("cpu").type == "cpu"
+    monkeypatch.setenv("MANYTASK_DEVICE", "cpu")  # what --device sets; auto follows it
+    assert resolve_device("auto").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", cpu)

@@ -75,6 +75,6 @@ class TeacherLoss:
         return {"lambda": self.lam(progress)}
 
     def __call__(self, spec: TaskSpec, logits: torch.Tensor, batch: dict, progress: float) -> torch.Tensor:
-        teacher = self.teacher[spec.name][batch["index"]]
+        teacher = self.teacher[spec.name][batch["index"].cpu()].to(logits.device)
         loss = hinton_loss if self.cfg.style == "hinton" else distill_loss
         return loss(spec, logits, batch["labels"], teacher, self.lam(progress), self.cfg.temperature)

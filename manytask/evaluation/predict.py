@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -15,37 +14,9 @@ from manytask.evaluation.metrics import collapsed, compute_metrics, glue_average
 from manytask.evaluation.tagging import tagging_metrics
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
+from manytask.training.devices import autocast
 
 log = logging.getLogger(__name__)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere it is emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-_warned_bf16 = False
-
-
-def autocast(precision: str):
-    """bf16 autocast on the CPU; fp32 does nothing.
-
-    bf16 is 2-3x faster with AVX-512 BF16, but emulated and far slower without it (measured 15x
-    slower on an AVX2-only CPU), so it is opt-in and warned about where the CPU lacks it.
-    """
-    global _warned_bf16
-    if precision == "bf16":
-        if not _warned_bf16 and not cpu_has_native_bf16():
-            log.warning("precision bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag); "
-                        "bf16 is emulated and much slower than fp32 here")
-            _warned_bf16 = True
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -53,6 +24,10 @@ class Predictions:
     ids: list[str]
     values: Any  # class index or score on the task's own range (an array); tagging: per word a tag index or None
     probs: Any  # classification: class probabilities; tagging: per word the chosen tag's probability
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
@@ -63,12 +38,13 @@ def predict_logits(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch
     model.eval()
     order = np.argsort([-n for n in feats.lengths], kind="stable")
     outputs: list[Optional[torch.Tensor]] = [None] * len(feats)
+    device = _device(model)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size].tolist()
-        batch = collate(feats, idx, pad_id)
-        with autocast(precision):
+        batch = {k: v.to(device) for k, v in collate(feats, idx, pad_id).items()}
+        with autocast(precision, device.type):
             logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[spec.name])[spec.name]
-        logits = logits.float().reshape(len(idx), -1)
+        logits = logits.float().reshape(len(idx), -1).cpu()
         for row, i in enumerate(idx):
             outputs[i] = logits[row]
     model.train(was_training)
@@ -84,12 +60,13 @@ def predict_tags(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_s
     order = np.argsort([-n for n in feats.lengths], kind="stable")
     tags: list = [None] * len(feats)
     probs: list = [None] * len(feats)
+    device = _device(model)
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size].tolist()
-        batch = collate(feats, idx, pad_id)
-        with autocast(precision):
+        batch = {k: v.to(device) for k, v in collate(feats, idx, pad_id).items()}
+        with autocast(precision, device.type):
             logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[spec.name])[spec.name]
-        p = torch.softmax(logits.float(), dim=-1)
+        p = torch.softmax(logits.float().cpu(), dim=-1)
         best_p, best = p.max(dim=-1)
         for row, i in enumerate(idx):
             first = feats.first_piece[i]  # type: ignore[index]

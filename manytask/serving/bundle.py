@@ -83,7 +83,7 @@ class TaskPackage:
         for k, v in state.items():
             for prefix, new in ((f"branches.{task}.", "branch."), (f"heads.{task}.", "head.")):
                 if k.startswith(prefix):
-                    tensors[new + k[len(prefix):]] = v.detach().clone().contiguous()
+                    tensors[new + k[len(prefix):]] = v.detach().cpu().clone().contiguous()
         return cls(model.specs[task], model.split_depth[task], model.branch_size(task), model.pooling,
                    tensors_hash(trunk_tensors(state)), tensors, info or {})
 
@@ -139,10 +139,11 @@ class TaskPackage:
         probe = trunk.share([])
         try:
             self.attach(probe)
+            device = next(trunk.parameters()).device
             vocab = trunk.config.vocab_size
-            ids = torch.tensor([[min(101, vocab - 1), 1 % vocab, 2 % vocab, min(102, vocab - 1)]])
+            ids = torch.tensor([[min(101, vocab - 1), 1 % vocab, 2 % vocab, min(102, vocab - 1)]], device=device)
             with torch.inference_mode():
-                out = probe.eval()(ids, torch.ones_like(ids), torch.zeros_like(ids), tasks=[name])[name]
+                out = probe.to(device).eval()(ids, torch.ones_like(ids), torch.zeros_like(ids), tasks=[name])[name]
         except BundleError:
             raise
         except Exception as e:

@@ -61,6 +61,7 @@ def answer(spec: TaskSpec, logits: torch.Tensor, batch: Optional[dict] = None) -
 class Predictor:
     tokenizer = None
     max_length: int = 128
+    device = torch.device("cpu")
 
     def snapshot(self):
         """The current model version; a request is validated against it and run with it."""
@@ -82,17 +83,21 @@ class Predictor:
             batch = tokenize_words(self.tokenizer, texts, self.max_length)
         else:
             batch = tokenize(self.tokenizer, texts, pairs, self.max_length)
-        out = self.logits(batch, tasks, snapshot)
+        tensors = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        out = {t: v.cpu() for t, v in self.logits(tensors, tasks, snapshot).items()}
         per_task = {t: answer(specs[t], out[t], batch) for t in tasks}
         return [{t: per_task[t][i] for t in tasks} for i in range(len(texts))]
 
 
 class MergedPredictor(Predictor):
-    def __init__(self, bundle: Bundle, threads: Optional[int] = None):
+    def __init__(self, bundle: Bundle, device: str = "cpu"):
+        from manytask.training.devices import resolve_device
+
         self.bundle = bundle
         self.tokenizer = bundle.tokenizer()
         self.max_length = bundle.manifest["trunk"]["max_seq_length"]
-        self.model: MultiTaskModel = bundle.merged_model()
+        self.device = resolve_device(device)
+        self.model: MultiTaskModel = bundle.merged_model().to(self.device)
         self._write = threading.Lock()
 
     def snapshot(self) -> MultiTaskModel:
@@ -114,7 +119,7 @@ class MergedPredictor(Predictor):
             entry = self.bundle.put(pkg, model=self.model)  # checked on the served trunk before it is written
             fresh = self.model.share([n for n in self.model.task_names if n != pkg.spec.name])
             self.bundle.package(pkg.spec.name).attach(fresh)  # read back what was written
-            self.model = fresh.eval()
+            self.model = fresh.to(self.device).eval()
             return entry
 
     def remove(self, name: str) -> None:
@@ -126,16 +131,18 @@ class MergedPredictor(Predictor):
 class SeparatePredictor(Predictor):
     """One full single-task model per task (e.g. full fine-tuning runs): every task runs all L layers."""
 
-    def __init__(self, runs: dict[str, Path]):
+    def __init__(self, runs: dict[str, Path], device: str = "cpu"):
         from manytask.runs import Run
+        from manytask.training.devices import resolve_device
 
+        self.device = resolve_device(device)
         self.models: dict[str, MultiTaskModel] = {}
         for task, run_dir in runs.items():
             run = Run.open(run_dir)
             if task not in {s.name for s in run.specs()}:
                 raise ValueError(f"{run_dir}: the run has no task {task!r} "
                                  f"(has: {', '.join(s.name for s in run.specs())})")
-            self.models[task] = run.model_for(task).eval()
+            self.models[task] = run.model_for(task).to(self.device).eval()
             self.tokenizer = run.tokenizer()
             self.max_length = run.cfg.model.max_seq_length
 

@@ -18,7 +18,9 @@ from tqdm import tqdm
 from manytask.config import TrainConfig
 from manytask.data.features import Features, collate, collate_mixed
 from manytask.data.samplers import Plan, batches_per_epoch, make_plan
-from manytask.evaluation.predict import autocast, evaluate_task, summarize
+from manytask.evaluation.predict import evaluate_task, summarize
+from manytask.training import distributed
+from manytask.training.devices import autocast, resolve_device, resolve_precision
 from manytask.models.multitask import MultiTaskModel
 from manytask.tasks import TaskSpec
 from manytask.training.checkpoint import CheckpointDir, load_weights
@@ -78,6 +80,9 @@ class Trainer:
     callbacks: list[Callback] = field(default_factory=list)
 
     def __post_init__(self):
+        self.device = resolve_device(self.cfg.device)
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        distributed.init(self.device)
         self.by_name = {t.spec.name: t for t in self.tasks}
         self.ckpt = CheckpointDir(Path(self.run_dir) / "checkpoints")
         self.metrics_path = Path(self.run_dir) / "metrics.jsonl"
@@ -91,10 +96,13 @@ class Trainer:
             {n: t.train.lengths for n, t in self.by_name.items()}, self.cfg.batch_size, self.total_steps,
             self.cfg.sampling, self.seed, self.cfg.group_by_length, self.cfg.batching,
         )
+        self.model.to(self.device)
+        self.net = self._parallel()
         self.optimizer, self.scheduler = make_optimizer(
             self.model, self.cfg.lr, self.cfg.layerwise_lr_decay, self.cfg.weight_decay,
             int(self.cfg.warmup * self.total_steps), self.total_steps,
         )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.eval_every = self.cfg.eval_every
         if self.cfg.evals:
             self.eval_every = max(1, math.ceil(self.total_steps / self.cfg.evals))
@@ -103,27 +111,78 @@ class Trainer:
         self.train_seconds = 0.0
         self.train_examples = 0
 
+    def _parallel(self):
+        """The model as the training step calls it: itself in one process; wrapped in DDP under torchrun.
+
+        Tasks not in a step leave their heads and branches without gradients, so DDP looks for unused
+        parameters at every step (``find_unused_parameters``): slower than a static graph, but a step may
+        train any subset of the tasks without hanging the other ranks."""
+        if distributed.world() == 1:
+            return self.model
+        world = distributed.world()
+        if self.cfg.batching == "mixed":
+            raise ValueError("batching: mixed is not supported with several processes (each rank would see other "
+                             "tasks); use per_task")
+        if self.cfg.batch_size < world:
+            raise ValueError(f"batch_size {self.cfg.batch_size} is smaller than the {world} processes")
+        distributed.check_same("training plan", [sorted(step.items()) for step in self.plan.steps])
+        torch.manual_seed(self.seed * 1000 + distributed.rank())  # dropout differs between ranks
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+
     # ---- bookkeeping -------------------------------------------------------------------
     def _emit(self, event: str, payload: dict) -> None:
         record = {"event": event, "step": self.step, **payload}
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         for cb in self.callbacks:
             cb(event, record)
 
+    def _rng(self) -> dict:
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
     def _state(self) -> dict:
+        """Training state to resume from; every rank's RNG state (gathered: call on every rank)."""
         return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate(),
+            "scaler": self.scaler.state_dict(),
+            "rng": distributed.gather(self._rng()),
             "best": self.best,
             "train_seconds": self.train_seconds,
             "train_examples": self.train_examples,
             "total_steps": self.total_steps,
         }
+
+    def _restore_rng(self, state: dict) -> None:
+        if "rng" not in state:  # a checkpoint from before per-rank states
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
+            random.setstate(state["python_rng"])
+            return
+        states, world = state["rng"], distributed.world()
+        if len(states) != world:
+            log.warning("%s: checkpoint written by %d process(es), resumed by %d: the plan and weights carry on "
+                        "exactly, the random streams (dropout) are re-seeded", self.run_dir, len(states), world)
+            seed_everything(self.seed * 1000 + distributed.rank() + self.step)
+            return
+        own = states[distributed.rank()]
+        torch.set_rng_state(own["torch"])
+        np.random.set_state(own["numpy"])
+        random.setstate(own["python"])
+        if own.get("cuda") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], self.device)
+
+    def _save_last(self) -> None:
+        state = self._state()  # every rank takes part in gathering the RNG states
+        if distributed.is_main():
+            self.ckpt.save_last(self.step, self.model, state)
+        distributed.barrier()
 
     def resume(self) -> bool:
         """Continue from the last checkpoint, if any; the plan is redrawn from the seed."""
@@ -137,11 +196,13 @@ class Trainer:
         load_weights(weights, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self._restore_rng(state)
         self.best = state["best"]
-        self.ckpt.restore_best(self.best)
+        if distributed.is_main():
+            self.ckpt.restore_best(self.best)
+        distributed.barrier()
         self.step = step
         self.train_seconds = state["train_seconds"]
         self.train_examples = state["train_examples"]
@@ -153,7 +214,7 @@ class Trainer:
         """Dev metrics per task and split, the primary score per task, and the GLUE-style average."""
         results = {
             name: evaluate_task(self.model, t.spec, t.evals, t.eval_titles, self.cfg.eval_batch_size, self.pad_id,
-                                self.cfg.precision, t.slice_min)
+                                self.precision, t.slice_min)
             for name, t in self.by_name.items()
         }
         return summarize(results, {n: t.spec for n, t in self.by_name.items()})
@@ -178,26 +239,31 @@ class Trainer:
         aux = any(self.by_name[n].aux_weights or self.by_name[n].slice_mode in ("heads", "sbl") for n in step)
         if len(step) == 1:
             (task_name, idx), = step.items()
+            idx = distributed.shard(idx)  # this rank's part of the global batch (all of it in one process)
             t = self.by_name[task_name]
-            batch = collate(t.train, idx, self.pad_id)
-            batch["index"] = torch.tensor(idx)
-            with autocast(self.cfg.precision):
-                logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                    tasks=[task_name], aux=aux)
+            batch = self._to_device({**collate(t.train, idx, self.pad_id), "index": torch.tensor(idx)})
+            with autocast(self.precision, self.device.type):
+                logits = self.net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                  tasks=[task_name], aux=aux)
             task_loss, logged = self._task_loss(t, logits, batch, progress)
             return task_loss * t.loss_weight, logged
         inputs, per_task = collate_mixed({n: (self.by_name[n].train, idx) for n, idx in step.items()}, self.pad_id)
-        with autocast(self.cfg.precision):
-            logits = self.model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"],
-                                tasks=list(step), rows={n: b["rows"] for n, b in per_task.items()}, aux=aux)
+        inputs = self._to_device(inputs)
+        per_task = {n: self._to_device(b) for n, b in per_task.items()}
+        with autocast(self.precision, self.device.type):
+            logits = self.net(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"],
+                              tasks=list(step), rows={n: b["rows"] for n, b in per_task.items()}, aux=aux)
         total = sum(len(idx) for idx in step.values())
-        loss, logged = torch.zeros(()), {}
+        loss, logged = torch.zeros((), device=self.device), {}
         for n, sub in per_task.items():
             t = self.by_name[n]
             task_loss, own = self._task_loss(t, logits, sub, progress)
             logged.update(own)
             loss = loss + task_loss * t.loss_weight * (len(sub["index"]) / total)
         return loss, logged
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _task_loss(self, t: TaskFeatures, logits: dict, batch: dict, progress: float) -> tuple[torch.Tensor, dict]:
         """The task's loss plus, riding on the same forward pass, each auxiliary label set's weighted loss."""
@@ -214,7 +280,8 @@ class Trainer:
             loss = loss + t.slice_weight * slice_loss
         return loss, logged
 
-    def train(self) -> dict:
+    def train(self, stop_at: Optional[int] = None) -> dict:
+        """Train to the end, or (``stop_at``) until that step, leaving a checkpoint there to resume from."""
         if self.step == 0:
             self._emit("plan", {"total_steps": self.total_steps, "draws": self.plan.draws(),
                                 "sampling": self.cfg.sampling.model_dump(),
@@ -230,10 +297,12 @@ class Trainer:
             loss, per_task = self._step_loss(step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {self.step}, task(s) {', '.join(step)}: loss is {loss.item()}")
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if self.cfg.max_grad_norm:
+                self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.train_seconds += time.perf_counter() - start
@@ -251,15 +320,19 @@ class Trainer:
                 running = {}
             at_end = self.step == self.total_steps
             if (self.eval_every and self.step % self.eval_every == 0) or at_end:
-                last_eval = self.evaluate()
-                improved = self._track_best(last_eval)
-                self._emit("eval", last_eval)
-                if improved:
-                    self.ckpt.save_best(self.best, self.step, self.model)
-                self.ckpt.save_last(self.step, self.model, self._state())
+                if distributed.is_main():  # rank 0 evaluates on the whole dev sets; the others wait
+                    last_eval = self.evaluate()
+                    improved = self._track_best(last_eval)
+                    self._emit("eval", last_eval)
+                    if improved:
+                        self.ckpt.save_best(self.best, self.step, self.model)
+                self._save_last()
                 self.model.train()
-            elif self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0:
-                self.ckpt.save_last(self.step, self.model, self._state())
+            elif (self.cfg.checkpoint_every and self.step % self.cfg.checkpoint_every == 0) or self.step == stop_at:
+                self._save_last()
+            if self.step == stop_at and not at_end:
+                bar.close()
+                return {"stopped": self.step, "total_steps": self.total_steps}
         bar.close()
         summary = {
             "total_steps": self.total_steps,
