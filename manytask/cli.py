@@ -18,6 +18,11 @@ DeviceOpt = typer.Option(None, "--device", help="auto (a GPU when torch sees one
                          "'auto' in configs follows it")
 
 
+WorkersOpt = typer.Option(0, "--workers", help="run independent stages at once on a local Ray with this many CPUs "
+                          "(pip install -e '.[cluster]'); 0: in sequence")
+RayOpt = typer.Option(None, "--ray-address", help="join an existing Ray cluster (e.g. ray://head:10001 or auto)")
+
+
 def _setup(glue_dir: Optional[Path], device: Optional[str] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     import transformers
@@ -318,6 +323,8 @@ def bam(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="study directory (default: runs/<name>)"),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="comma-separated, e.g. 1,2,3 (default: the config's)"),
     set_: list[str] = typer.Option([], "--set", help="override a key: --set multi.lr=1e-4"),
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayOpt,
     device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
@@ -337,9 +344,9 @@ def bam(
     try:
         cfg = load_study(config, set_)
         out = out or Path("runs") / cfg.name
-        run_study(cfg, out, _seeds(seeds))
+        run_study(cfg, out, _seeds(seeds), workers, ray_address)
         rep = write_report(out)
-    except (ConfigError, DataError, MissingData, TargetError, FileNotFoundError) as e:
+    except (ConfigError, DataError, MissingData, TargetError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
         return
     typer.echo(rep["markdown"])
@@ -379,6 +386,8 @@ def flex(
     config: Path = typer.Option(..., "--config", "-c", help="flex YAML (tasks, search, compression, mixed delta)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory (default: runs/<name>)"),
     set_: list[str] = typer.Option([], "--set", help="override a key: --set mixed.delta=1.0"),
+    workers: int = WorkersOpt,
+    ray_address: Optional[str] = RayOpt,
     device: Optional[str] = DeviceOpt,
     glue_dir: Optional[Path] = GlueDir,
 ) -> None:
@@ -395,9 +404,9 @@ def flex(
     try:
         cfg = load_flex(config, set_)
         out = out or Path("runs") / cfg.name
-        result = run_flex(cfg, out)
+        result = run_flex(cfg, out, workers, ray_address)
         rep = write_report(out, cfg.mixed.delta)
-    except (ConfigError, DataError, MissingData, BundleError, FileNotFoundError) as e:
+    except (ConfigError, DataError, MissingData, BundleError, FileNotFoundError, RuntimeError) as e:
         _fail(str(e))
         return
     typer.echo(rep["markdown"])

@@ -116,12 +116,31 @@ class Study:
         atomic_write_json(manifest, {"recipe": teacher.name, "seed": seed, "files": written})
         return store
 
-    def run(self, seeds: list[int]) -> dict:
-        all_scores = {}
+    def run(self, seeds: list[int], workers: int = 0, address: Optional[str] = None) -> dict:
+        """Every (seed, recipe) stage, after the stages it learns from or starts from; in sequence, or
+        fanned out on Ray (``workers`` local CPUs, or a cluster at ``address``)."""
+        from manytask.fanout import run_graph
+
+        stages = {}
+        text = dump_study(self.cfg)
         for seed in seeds:
             for recipe in order(self.cfg.recipes):
-                all_scores.setdefault(recipe.name, {})[seed] = self.run_recipe(seed, recipe)
+                deps = [(seed, ref) for ref in (recipe.teacher, recipe.init) if ref]
+                stages[(seed, recipe.name)] = (_stage, (text, str(self.out), seed, recipe.name), deps)
+        results = run_graph(stages, workers, address)
+        all_scores: dict = {}
+        for (seed, name), scores in results.items():
+            all_scores.setdefault(name, {})[seed] = scores
         return all_scores
+
+
+def _stage(study_text: str, out: str, seed: int, recipe: str) -> dict:
+    """One (seed, recipe) stage, in any process: the study is rebuilt from its saved text."""
+    import yaml
+
+    cfg = StudyConfig.model_validate(yaml.safe_load(study_text))
+    study = Study(cfg, Path(out))
+    return study.run_recipe(seed, cfg.recipe(recipe))
 
 
 def prepare(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> StudyConfig:
@@ -155,9 +174,10 @@ def prepare(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> S
     return cfg
 
 
-def run_study(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> dict:
+def run_study(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None, workers: int = 0,
+              address: Optional[str] = None) -> dict:
     cfg = prepare(cfg, out, seeds)
     study = Study(cfg, out)
     if not study.tasks:
         raise MissingData("no task of the study could be loaded")
-    return study.run(seeds or cfg.seeds)
+    return study.run(seeds or cfg.seeds, workers, address)

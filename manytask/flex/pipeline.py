@@ -149,23 +149,35 @@ class FlexPipeline:
             bundle.put(package_from_run(self.out / variant["run"], task))
         return root
 
-    def run(self) -> dict:
-        selection = {}
-        for entry in self.present():
-            selection[entry.name] = self.run_task(entry)
-            atomic_write_json(self.out / "selection.json", {"encoder_layers": self.L, "tasks": selection,
-                                                            "skipped": self.skipped})
+    def run(self, workers: int = 0, address: Optional[str] = None) -> dict:
+        """Every task's runs (in sequence, or fanned out on Ray one task a stage), then the bundle."""
+        from manytask.fanout import run_graph
+
+        text = dump_flex(self.cfg)
+        stages = {e.name: (_flex_task, (text, str(self.out), e.name), []) for e in self.present()}
+        selection = run_graph(stages, workers, address)
+        atomic_write_json(self.out / "selection.json", {"encoder_layers": self.L, "tasks": selection,
+                                                        "skipped": self.skipped})
         bundle = self.build_bundle(selection)
         return {"encoder_layers": self.L, "tasks": selection, "skipped": self.skipped, "bundle": str(bundle)}
 
 
-def run_flex(cfg: FlexConfig, out: Path) -> dict:
+def _flex_task(flex_text: str, out: str, task: str) -> dict:
+    """One task's full, partial-k and KD runs, in any process: the pipeline is rebuilt from its saved text."""
+    import yaml
+
+    cfg = FlexConfig.model_validate(yaml.safe_load(flex_text))
+    pipeline = FlexPipeline(cfg, Path(out))
+    return pipeline.run_task(next(t for t in cfg.tasks if t.name == task))
+
+
+def run_flex(cfg: FlexConfig, out: Path, workers: int = 0, address: Optional[str] = None) -> dict:
     out = Path(out)
     saved = out / "flex.yaml"
     if saved.exists() and dump_flex(load_flex(saved)) != dump_flex(cfg):
         raise ConfigError(f"{out} holds a flex run with other settings ({saved}); use another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, dump_flex(cfg))
-    result = FlexPipeline(cfg, out).run()
+    result = FlexPipeline(cfg, out).run(workers, address)
     atomic_write_json(out / "selection.json", result)
     return result
