@@ -17,6 +17,8 @@ venv: $(BIN)/manytask
 demo: venv
 	rm -rf runs/demo
 	$(BIN)/manytask train --config configs/demo.yaml --out runs/demo
+	$(BIN)/manytask ask runs/demo "A gem of a film, warm and funny." "The plot makes no sense and the acting is wooden."
+	$(BIN)/manytask ask runs/demo "A man is playing a guitar." --pair "Someone plays an instrument."
 
 test: venv
 	$(BIN)/python -m pytest -q

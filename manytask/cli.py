@@ -428,6 +428,23 @@ def _bundle_op(path: Path, op) -> None:
         _fail(str(e))
 
 
+@bundle_app.command("create")
+def bundle_create(bundle: Path = typer.Argument(..., help="new bundle directory"),
+                  source: Path = typer.Option(..., "--from", help="a trained run: its encoder becomes the trunk"),
+                  checkpoint: str = typer.Option("last", help="last (one model), or best per task (frozen trunk only)")) -> None:
+    """Make a bundle of every task of a run (a multi-task run, a BAM student, a MeTaL model...)."""
+    from manytask.serving.bundle import Bundle, BundleError
+
+    try:
+        b = Bundle.from_run(source, bundle, checkpoint)
+    except (BundleError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    m = b.manifest
+    state = "frozen" if m["trunk"].get("frozen") else "fine-tuned"
+    typer.echo(f"bundle {bundle}: trunk ({state} in {source}), tasks {', '.join(sorted(m['tasks']))}")
+
+
 @bundle_app.command("list")
 def bundle_list(bundle: Path = typer.Argument(...)) -> None:
     """Tasks of a bundle with their split depth and branch layers."""
@@ -473,7 +490,8 @@ def bundle_remove(bundle: Path = typer.Argument(...), task: str = typer.Argument
 
 @app.command()
 def serve(
-    bundle: Optional[Path] = typer.Argument(None, help="bundle directory (from `manytask flex`)"),
+    bundle: Optional[Path] = typer.Argument(None, help="a bundle directory (from `manytask flex` or `bundle create`), "
+                                            "or a run directory (served as one model: bundled into RUN/bundle)"),
     run: list[str] = typer.Option([], "--run", help="instead of a bundle: TASK=RUN_DIR, one full model per task "
                                   "(repeat; the baseline a bundle is measured against)"),
     host: str = typer.Option("127.0.0.1", help="interface; loopback unless you mean otherwise"),
@@ -525,6 +543,8 @@ def serve(
     if bad:
         _fail(f"--run {bad[0]!r}: expected TASK=RUN_DIR")
     try:
+        if bundle is not None and (bundle / "config.yaml").exists() and not (bundle / "manifest.json").exists():
+            bundle = _run_bundle(bundle)
         if bundle is not None:
             predictor = MergedPredictor(Bundle(bundle), device)
         else:
@@ -537,6 +557,51 @@ def serve(
     app_ = create_app(predictor, limits, token, source_root or None, body_timeout=body_timeout)
     uvicorn.run(app_, host=host, port=port, log_level="warning", http=protocol_with(header_timeout),
                 limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive)
+
+
+@app.command()
+def ask(
+    source: Path = typer.Argument(..., help="a bundle, or a run (served as one model: bundled into RUN/bundle)"),
+    texts: list[str] = typer.Argument(..., help="one or more texts"),
+    pair: list[str] = typer.Option([], "--pair", help="the second text of each input (pair tasks), in order"),
+    task: list[str] = typer.Option([], "--task", help="tasks to ask (default: every task that takes this input)"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Ask a model a few inputs through the same predictor the server uses; prints one JSON line per input."""
+    _setup(None)
+    import json as json_
+
+    from manytask.serving.bundle import Bundle, BundleError
+    from manytask.serving.predictor import MergedPredictor
+
+    if pair and len(pair) != len(texts):
+        _fail(f"give one --pair per text ({len(texts)} texts, {len(pair)} pairs)")
+    try:
+        if (source / "config.yaml").exists() and not (source / "manifest.json").exists():
+            source = _run_bundle(source)
+        predictor = MergedPredictor(Bundle(source), device)
+    except (BundleError, FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+        return
+    specs = predictor.specs()
+    tasks = task or sorted(n for n, s in specs.items() if s.pair == bool(pair))
+    unknown = [t for t in tasks if t not in specs]
+    if unknown or not tasks:
+        _fail(f"unknown task(s) {unknown} (the model has {', '.join(sorted(specs))})" if unknown
+              else f"no task takes {'text pairs' if pair else 'single texts'}")
+    for text, answer_ in zip(texts, predictor.predict(texts, pair or None, tasks)):
+        typer.echo(json_.dumps({"text": text, **answer_}))
+
+
+def _run_bundle(run_dir: Path) -> Path:
+    """A run served as one model: its bundle (RUN/bundle), made once from the run's last checkpoint."""
+    from manytask.serving.bundle import Bundle
+
+    target = run_dir / "bundle"
+    if not (target / "manifest.json").exists():
+        Bundle.from_run(run_dir, target)
+        typer.echo(f"bundled {run_dir} into {target}", err=True)
+    return target
 
 
 def main() -> None:  # console-script entry point

@@ -135,3 +135,46 @@ def test_submit_says_why_it_wrote_nothing(tmp_path, tiny_config):
     assert r.exit_code == 0, r.output
     assert "reviews: no test file in the task's entry (give 'test: FILE'" in r.output
     assert "wrote nothing" in r.output and "see the notes above" in r.output
+
+
+def test_any_run_is_bundled_served_and_asked_as_one_model(mini_glue, tiny_config, tmp_path):
+    import pytest
+    import torch
+    from fastapi.testclient import TestClient
+
+    from manytask.runs import Run
+    from manytask.serving.app import create_app
+    from manytask.serving.bundle import Bundle
+    from manytask.serving.predictor import MergedPredictor, answer, tokenize
+
+    tiny_config["tasks"] = ["sst2", "cola", "stsb"]
+    tiny_config["train"].update(steps=4, eval_every=None)
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train", "-c", _config(tmp_path, tiny_config), "-o", str(run)]).exit_code == 0
+    r = runner.invoke(app, ["bundle", "create", str(tmp_path / "b"), "--from", str(run)])
+    assert r.exit_code == 0 and "fine-tuned" in r.output, r.output
+    bundle = Bundle(tmp_path / "b")
+    assert bundle.manifest["trunk"]["frozen"] is False and bundle.task_names() == ["cola", "sst2", "stsb"]
+    # the bundle's answers are the run's own model's (its last checkpoint), for every task at once
+    model = Run.open(run).model_for()
+    texts = ["good fine day", "awful grim cold"]
+    batch = tokenize(Run.open(run).tokenizer(), texts, None, 32)
+    with torch.inference_mode():
+        want = answer(model.specs["sst2"], model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                                 tasks=["sst2"])["sst2"])
+    with TestClient(create_app(MergedPredictor(bundle))) as c:
+        got = c.post("/v1/predict", json={"inputs": [{"text": t} for t in texts]}).json()
+    assert got["tasks"] == ["cola", "sst2"]
+    for g, w in zip(got["results"], want):
+        assert g["sst2"]["probs"]["1"] == pytest.approx(w["probs"]["1"], abs=1e-5)
+    r = runner.invoke(app, ["bundle", "create", str(tmp_path / "b2"), "--from", str(run), "--checkpoint", "best"])
+    assert r.exit_code == 2 and "fine-tuned" in r.output
+    # `ask` on the run itself bundles it into RUN/bundle and answers through the server's predictor
+    r = runner.invoke(app, ["ask", str(run), "good fine day", "awful grim cold"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(l) for l in r.output.splitlines() if l.startswith("{")]
+    assert [l["text"] for l in lines] == texts and set(lines[0]) == {"text", "cola", "sst2"}
+    assert lines[0]["sst2"]["probs"]["1"] == pytest.approx(want[0]["probs"]["1"], abs=1e-5)
+    assert (run / "bundle" / "manifest.json").exists()
+    r = runner.invoke(app, ["ask", str(run), "a man plays", "--pair", "someone plays"])
+    assert r.exit_code == 0 and '"stsb"' in r.output, r.output

@@ -196,30 +196,37 @@ def test_swaps_during_requests_give_old_or_new_never_an_error_or_a_mix(flex_run,
     assert bundle.task_names() == ["mrpc", "sst2", "stsb"]
 
 
-def test_the_batcher_merges_concurrent_requests_and_routes_answers_back():
+def test_the_batcher_merges_requests_for_different_tasks_and_routes_answers_back():
     sizes, calls = [], []
 
-    def run(texts, pairs, tasks, snapshot):
-        calls.append((tuple(tasks), snapshot))
-        return [{"echo": t, "task": tasks[0]} for t in texts]
+    def run(texts, pairs, tasks, snapshot, rows):
+        calls.append((tuple(tasks), snapshot, {t: list(r) for t, r in rows.items()}))
+        out = [{} for _ in texts]
+        for t, r in rows.items():
+            for i in r:
+                out[i][t] = texts[i]
+        return out
 
     async def main():
         b = MicroBatcher(run, max_batch=64, max_wait_ms=50, on_batch=sizes.append)
         jobs = [b.submit([f"{i}-a", f"{i}-b"], None, ["x"], "v1") for i in range(5)]
-        jobs.append(b.submit(["other"], None, ["y"], "v1"))
+        jobs.append(b.submit(["other"], None, ["y"], "v1"))  # another task: the same forward pass
+        jobs.append(b.submit(["both"], None, ["x", "y"], "v1"))
         jobs.append(b.submit(["new"], None, ["x"], "v2"))  # another snapshot: never batched with v1
         out = await asyncio.gather(*jobs)
         await b.stop()
         return out
 
     out = asyncio.run(main())
-    assert out[3] == [{"echo": "3-a", "task": "x"}, {"echo": "3-b", "task": "x"}]
-    assert out[5] == [{"echo": "other", "task": "y"}] and out[6] == [{"echo": "new", "task": "x"}]
-    assert sorted(sizes) == [1, 1, 10] and sorted(calls) == [(("x",), "v1"), (("x",), "v2"), (("y",), "v1")]
+    assert out[3] == [{"x": "3-a"}, {"x": "3-b"}]
+    assert out[5] == [{"y": "other"}] and out[6] == [{"x": "both", "y": "both"}] and out[7] == [{"x": "new"}]
+    assert sorted(sizes) == [1, 12]
+    v1 = next(c for c in calls if c[1] == "v1")
+    assert v1[0] == ("x", "y") and v1[2] == {"x": list(range(10)) + [11], "y": [10, 11]}
 
 
 def test_a_failing_batch_fails_its_requests_not_the_batcher():
-    def run(texts, pairs, tasks, snapshot):
+    def run(texts, pairs, tasks, snapshot, rows=None):
         if "boom" in texts:
             raise RuntimeError("model failed")
         return [{} for _ in texts]
@@ -267,3 +274,27 @@ def test_serve_command_checks_its_arguments_before_starting(flex_run, tmp_path):
     assert res.exit_code == 2 and "not a bundle" in res.output
     res = runner.invoke(app, ["serve", str(flex_run[1] / "bundle"), "--admin-token-file", str(tmp_path / "none")])
     assert res.exit_code == 2 and "admin token file not found" in res.output
+
+
+def test_one_task_per_request_traffic_shares_forward_passes(flex_run, bundle):
+    """Clients each asking one different task: their requests share one forward pass, and each still gets
+    exactly its own task's answer, equal to that task's own model."""
+    predictor = MergedPredictor(bundle)
+    app = create_app(predictor, Limits(max_wait_ms=200, max_batch=64), TOKEN)
+    items = [{"text": t, "text_pair": p} for t, p in zip(TEXTS, PAIRS)]
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            asks = [("stsb" if i % 2 else "mrpc", items[i]) for i in range(len(items))]
+            res = await asyncio.gather(*(c.post("/v1/predict", json={"inputs": [item], "tasks": [task]})
+                                         for task, item in asks))
+            metrics = (await c.get("/metrics")).text
+            await app.state.batcher.stop()
+            return asks, res, metrics
+
+    asks, res, metrics = asyncio.run(main())
+    assert "manytask_batch_size_count 1.0" in metrics  # four requests, two task lists, one forward pass
+    for (task, item), r in zip(asks, res):
+        assert r.status_code == 200 and list(r.json()["results"][0]) == [task]
+        want = own_answers(flex_run, task, [item["text"]], [item["text_pair"]])[0]
+        assert_same(r.json()["results"][0][task], want)

@@ -68,7 +68,7 @@ def test_a_lone_surrogate_in_a_put_source_is_a_422(client):
 
 
 def test_a_failing_request_fails_alone_in_its_batch():
-    def run(texts, pairs, tasks, snapshot):
+    def run(texts, pairs, tasks, snapshot, rows=None):
         if "boom" in texts:
             raise RuntimeError("model failed")
         return [{"echo": t} for t in texts]
@@ -88,10 +88,10 @@ def test_a_failing_request_fails_alone_in_its_batch():
 
 def test_over_http_only_the_bad_request_gets_a_500_and_it_is_counted(bundle, flex_run):
     class Fragile(MergedPredictor):
-        def predict(self, texts, pairs, tasks, snapshot=None):
+        def predict(self, texts, pairs, tasks, snapshot=None, rows=None):
             if any("poison" in t for t in texts):
                 raise RuntimeError("tokenizer exploded")
-            return super().predict(texts, pairs, tasks, snapshot)
+            return super().predict(texts, pairs, tasks, snapshot, rows)
 
     app = make_app(bundle, flex_run, Fragile(bundle), max_wait_ms=30)
 

@@ -1,8 +1,10 @@
 """Dynamic batching: requests that arrive within ``max_wait_ms`` of each other share one forward pass.
 
-Requests asking for the same tasks, input shape (single texts or pairs) and model snapshot are grouped; a group
-is run once, up to ``max_batch`` inputs, in a worker thread so the event loop keeps answering. When a group
-fails, its requests are run again one by one, so only a request that fails on its own gets the error.
+Requests with the same input shape (single texts or pairs) and model snapshot are grouped, whatever tasks
+each asks: a group is run once, up to ``max_batch`` inputs, in a worker thread so the event loop keeps
+answering — the trunk once for all rows, to the deepest split any of them needs, then each task's branch
+only on the rows that asked for it. When a group fails, its requests are run again one by one, so only a
+request that fails on its own gets the error.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return (tuple(self.tasks), self.pairs is not None, id(self.snapshot))
+        return (self.pairs is not None, id(self.snapshot))
 
 
 class MicroBatcher:
-    def __init__(self, run: Callable[[list[str], Optional[list[str]], list[str], Any], list[dict]], max_batch: int = 32,
+    def __init__(self, run: Callable[..., list[dict]], max_batch: int = 32,
                  max_wait_ms: float = 5.0, on_batch: Optional[Callable[[int], None]] = None):
         self.run = run
         self.max_batch = max_batch
@@ -105,7 +107,14 @@ class MicroBatcher:
     async def _run(self, loop, group: list[Job]) -> list[dict]:
         texts = [t for j in group for t in j.texts]
         pairs = [p for j in group for p in j.pairs] if group[0].pairs is not None else None
-        results = await loop.run_in_executor(self.executor, self.run, texts, pairs, group[0].tasks, group[0].snapshot)
+        tasks = list(dict.fromkeys(t for j in group for t in j.tasks))
+        rows: dict[str, list[int]] = {t: [] for t in tasks}
+        start = 0
+        for j in group:
+            for t in j.tasks:
+                rows[t].extend(range(start, start + len(j.texts)))
+            start += len(j.texts)
+        results = await loop.run_in_executor(self.executor, self.run, texts, pairs, tasks, group[0].snapshot, rows)
         if self.on_batch:
             self.on_batch(len(texts))
         return results

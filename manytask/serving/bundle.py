@@ -235,12 +235,14 @@ class Bundle:
         return sorted(self.manifest["tasks"])
 
     @classmethod
-    def create(cls, root: Path, model: MultiTaskModel, tokenizer, max_seq_length: int) -> "Bundle":
-        """A bundle holding ``model``'s trunk and no task yet."""
+    def create(cls, root: Path, model: MultiTaskModel, tokenizer, max_seq_length: int,
+               origin: Optional[dict] = None) -> "Bundle":
+        """A bundle holding ``model``'s trunk and no task yet (``origin``: where the trunk comes from, and
+        whether it was frozen or fine-tuned there)."""
         root = Path(root)
         if (root / "manifest.json").exists():
             raise BundleError(f"{root} already holds a bundle")
-        trunk = trunk_tensors(model.state_dict())
+        trunk = {k: v.detach().cpu() for k, v in trunk_tensors(model.state_dict()).items()}
         (root / "trunk").mkdir(parents=True, exist_ok=True)
         model.config.save_pretrained(str(root / "trunk"))
         tokenizer.save_pretrained(str(root / "trunk"))
@@ -250,10 +252,30 @@ class Bundle:
         atomic_write_json(root / "manifest.json", {
             "format": FORMAT,
             "trunk": {"sha256": tensors_hash(trunk), "num_layers": model.num_layers, "hidden_size": model.hidden_size,
-                      "pooling": model.pooling, "max_seq_length": max_seq_length},
+                      "pooling": model.pooling, "max_seq_length": max_seq_length, **(origin or {})},
             "tasks": {},
         })
         return cls(root)
+
+    @classmethod
+    def from_run(cls, run_dir: Path, root: Path, which: str = "last") -> "Bundle":
+        """Any trained run as one bundle: its encoder becomes the trunk (frozen or fine-tuned, as the manifest
+        records) and each of its tasks a package (head and branch), so a multi-task model runs its encoder
+        once for all the tasks a request asks. ``which="best"`` (each task's best checkpoint) needs a frozen
+        trunk: otherwise the tasks' checkpoints would hold different encoders."""
+        from manytask.runs import Run
+
+        run = Run.open(run_dir)
+        frozen = run.cfg.model.freeze_trunk
+        if which == "best" and not frozen:
+            raise BundleError(f"{run_dir}: each task's best checkpoint holds its own encoder (the trunk was "
+                              "fine-tuned): bundle the last checkpoint, one model")
+        model = run.model_for(None, "last")
+        bundle = cls.create(root, model.share([]), run.tokenizer(), run.cfg.model.max_seq_length,
+                            {"frozen": frozen, "from_run": str(Path(run_dir).resolve()), "checkpoint": which})
+        for spec in run.specs():
+            bundle.put(package_from_run(run_dir, spec.name, which))
+        return bundle
 
     @contextmanager
     def _lock(self) -> Iterator[None]:

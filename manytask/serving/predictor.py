@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from manytask.data.features import encode_words
+from manytask.training.devices import autocast
 from manytask.models.multitask import MultiTaskModel
 from manytask.serving.bundle import Bundle, TaskPackage
 from manytask.tasks import TaskSpec
@@ -36,6 +37,13 @@ def tokenize_words(tokenizer, texts: Sequence[str], max_length: int) -> dict:
                            return_tensors="pt")
     return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
             "token_type_ids": padded["token_type_ids"], "words": words, "first_piece": firsts}
+
+
+def _select(batch: dict, rows: list[int]) -> dict:
+    """The word lists of the chosen rows (tagging answers read them), in the rows' order."""
+    if "words" not in batch:
+        return batch
+    return {**batch, "words": [batch["words"][i] for i in rows], "first_piece": [batch["first_piece"][i] for i in rows]}
 
 
 def answer(spec: TaskSpec, logits: torch.Tensor, batch: Optional[dict] = None) -> list[dict]:
@@ -62,6 +70,7 @@ class Predictor:
     tokenizer = None
     max_length: int = 128
     device = torch.device("cpu")
+    precision: str = "fp32"  # autocast precision (int8 is applied to the weights at load instead)
 
     def snapshot(self):
         """The current model version; a request is validated against it and run with it."""
@@ -70,23 +79,34 @@ class Predictor:
     def specs(self, snapshot=None) -> dict[str, TaskSpec]:
         raise NotImplementedError
 
-    def logits(self, batch: dict, tasks: list[str], snapshot=None) -> dict[str, torch.Tensor]:
+    def logits(self, batch: dict, tasks: list[str], snapshot=None, rows=None) -> dict[str, torch.Tensor]:
+        """Logits per task, of the rows that asked for it (``rows``: task -> row indices; None: every row)."""
         raise NotImplementedError
 
     def layers_run(self, tasks: list[str]) -> int:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]], tasks: list[str], snapshot=None) -> list[dict]:
+    def predict(self, texts: Sequence[str], pairs: Optional[Sequence[str]], tasks: list[str], snapshot=None,
+                rows: Optional[dict[str, list[int]]] = None) -> list[dict]:
+        """Per input, the answers of the tasks it asked for: every task in ``tasks``, or (``rows``) the tasks
+        whose row list holds it — one forward pass for a batch whose requests asked different tasks."""
         specs = self.specs(snapshot)
         if any(specs[t].kind == "tagging" for t in tasks) and pairs is None:
             batch = tokenize_words(self.tokenizer, texts, self.max_length)
         else:
             batch = tokenize(self.tokenizer, texts, pairs, self.max_length)
+        rows = rows if rows is not None else {t: list(range(len(texts))) for t in tasks}
         tensors = {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        out = {t: v.cpu() for t, v in self.logits(tensors, tasks, snapshot).items()}
-        per_task = {t: answer(specs[t], out[t], batch) for t in tasks}
-        return [{t: per_task[t][i] for t in tasks} for i in range(len(texts))]
+        index = {t: torch.tensor(r, dtype=torch.long, device=self.device) for t, r in rows.items()}
+        with autocast(self.precision, self.device.type):
+            out = {t: v.float().cpu() for t, v in self.logits(tensors, tasks, snapshot, index).items()}
+        answers: list[dict] = [{} for _ in texts]
+        for t in tasks:
+            sub = _select(batch, rows[t])
+            for i, a in zip(rows[t], answer(specs[t], out[t], sub)):
+                answers[i][t] = a
+        return answers
 
 
 class MergedPredictor(Predictor):
@@ -106,9 +126,10 @@ class MergedPredictor(Predictor):
     def specs(self, snapshot: Optional[MultiTaskModel] = None) -> dict[str, TaskSpec]:
         return dict((snapshot or self.model).specs)
 
-    def logits(self, batch: dict, tasks: list[str], snapshot: Optional[MultiTaskModel] = None) -> dict[str, torch.Tensor]:
+    def logits(self, batch: dict, tasks: list[str], snapshot: Optional[MultiTaskModel] = None,
+               rows=None) -> dict[str, torch.Tensor]:
         model = snapshot or self.model  # one reference read: the whole batch uses one snapshot
-        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=tasks)
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=tasks, rows=rows)
 
     def layers_run(self, tasks: list[str]) -> int:
         return self.model.layers_run(tasks)
@@ -149,9 +170,13 @@ class SeparatePredictor(Predictor):
     def specs(self, snapshot=None) -> dict[str, TaskSpec]:
         return {t: m.specs[t] for t, m in self.models.items()}
 
-    def logits(self, batch: dict, tasks: list[str], snapshot=None) -> dict[str, torch.Tensor]:
-        return {t: self.models[t](batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[t])[t]
-                for t in tasks}
+    def logits(self, batch: dict, tasks: list[str], snapshot=None, rows=None) -> dict[str, torch.Tensor]:
+        out = {}
+        for t in tasks:
+            r = rows[t] if rows is not None else slice(None)  # each task's own model runs only on its rows
+            out[t] = self.models[t](batch["input_ids"][r], batch["attention_mask"][r], batch["token_type_ids"][r],
+                                    tasks=[t])[t]
+        return out
 
     def layers_run(self, tasks: list[str]) -> int:
         return sum(self.models[t].layers_run([t]) for t in tasks)
