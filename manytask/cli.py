@@ -512,6 +512,9 @@ def serve(
     body_timeout: float = typer.Option(30.0, help="seconds a request has to send its whole body"),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
     device: str = typer.Option("cpu", "--device", help="cpu, auto, cuda, cuda:N or mps: where the trunk and branches run"),
+    precision: str = typer.Option("fp32", help="fp32, bf16 (where native) or int8 (dynamic quantisation, CPU)"),
+    tolerance: float = typer.Option(0.5, help="points of dev score a precision may cost any task"),
+    force: bool = typer.Option(False, "--force", help="serve the precision even if it costs more than the tolerance"),
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/tasks, /healthz, /metrics, admin PUT/DELETE /v1/tasks/{name}."""
     _setup(None)
@@ -542,11 +545,14 @@ def serve(
     bad = [r for r in run if "=" not in r]
     if bad:
         _fail(f"--run {bad[0]!r}: expected TASK=RUN_DIR")
+    scores = None
     try:
         if bundle is not None and (bundle / "config.yaml").exists() and not (bundle / "manifest.json").exists():
             bundle = _run_bundle(bundle)
         if bundle is not None:
-            predictor = MergedPredictor(Bundle(bundle), device)
+            predictor = MergedPredictor(Bundle(bundle), device, precision)
+            if precision != "fp32":
+                scores = _checked_scores(Bundle(bundle), precision, tolerance, force)
         else:
             predictor = SeparatePredictor({t: Path(d) for t, d in (r.split("=", 1) for r in run)}, device)
     except (BundleError, FileNotFoundError, ValueError) as e:
@@ -554,7 +560,7 @@ def serve(
         return
     limits = Limits(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, max_text_chars=max_text_chars,
                     max_body_bytes=max_body_bytes)
-    app_ = create_app(predictor, limits, token, source_root or None, body_timeout=body_timeout)
+    app_ = create_app(predictor, limits, token, source_root or None, body_timeout=body_timeout, dev_scores=scores)
     uvicorn.run(app_, host=host, port=port, log_level="warning", http=protocol_with(header_timeout),
                 limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive)
 
@@ -591,6 +597,49 @@ def ask(
               else f"no task takes {'text pairs' if pair else 'single texts'}")
     for text, answer_ in zip(texts, predictor.predict(texts, pair or None, tasks)):
         typer.echo(json_.dumps({"text": text, **answer_}))
+
+
+def _checked_scores(bundle, precision: str, tolerance: float, force: bool) -> dict:
+    """fp32 and ``precision`` dev scores of every task (cached in the bundle); a task that loses more than
+    ``tolerance`` points refuses the precision unless forced."""
+    from manytask.config import RunConfig
+    from manytask.serving.precision import PrecisionError, compare, score_precisions
+
+    scores = score_precisions(bundle, precision, RunConfig(tasks=["sst2"]).resolved_glue_dir())
+    typer.echo(precision_table(scores), err=True)
+    worse = compare(scores["fp32"], scores[precision], tolerance)
+    if worse and not force:
+        raise PrecisionError(f"{precision} costs more than {tolerance} points on: {'; '.join(worse)} "
+                             "(--force to serve it anyway)")
+    return scores
+
+
+def precision_table(scores: dict) -> str:
+    precisions = list(scores)
+    lines = ["| task | " + " | ".join(precisions) + " |", "|---|" + "---|" * len(precisions)]
+    for task in sorted(scores[precisions[0]]):
+        cells = [f"{100 * scores[p][task]['score']:.1f}" if "score" in scores[p].get(task, {}) else "unscored"
+                 for p in precisions]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@bundle_app.command("score")
+def bundle_score(bundle: Path = typer.Argument(...),
+                 precision: str = typer.Option("int8", help="bf16 or int8, scored beside fp32"),
+                 glue_dir: Optional[Path] = GlueDir) -> None:
+    """Every task's dev score in fp32 and another precision (cached in the bundle for `serve`)."""
+    _setup(glue_dir)
+    from manytask.config import RunConfig
+    from manytask.serving.bundle import Bundle, BundleError
+    from manytask.serving.precision import PrecisionError, score_precisions
+
+    try:
+        scores = score_precisions(Bundle(bundle), precision, RunConfig(tasks=["sst2"]).resolved_glue_dir())
+    except (BundleError, PrecisionError, FileNotFoundError) as e:
+        _fail(str(e))
+        return
+    typer.echo(precision_table(scores))
 
 
 def _run_bundle(run_dir: Path) -> Path:

@@ -53,11 +53,13 @@ class MultiTaskModel(nn.Module):
             k = (branch_layers or {}).get(t.name, 0)
             self.add_branch(t.name, k, (split_depth or {}).get(t.name, self.num_layers - k))
 
-    def add_branch(self, task: str, layers: int, split: int) -> None:
+    def add_branch(self, task: str, layers: int, split: int, fresh: bool = False) -> None:
         """Give ``task`` copies of encoder layers split..split+layers-1, run on the trunk's output at ``split``.
 
         A compressed branch has fewer layers than L - split: it starts from the same frozen
-        trunk output and keeps the teacher branch's bottom layers.
+        trunk output and keeps the teacher branch's bottom layers. ``fresh`` builds new layers of the
+        same class from the config instead (their weights are loaded next: a package attached to a
+        trunk whose layers were quantised must not inherit the quantised modules).
         """
         if not 0 <= layers <= self.num_layers or not 0 <= split <= self.num_layers - layers:
             raise ValueError(f"task {task!r}: branch of {layers} layers from split depth {split} "
@@ -67,7 +69,11 @@ class MultiTaskModel(nn.Module):
             del self.branches[task]
         if layers:
             source = self.encoder.encoder.layer[split: split + layers]
-            self.branches[task] = nn.ModuleList(copy.deepcopy(layer) for layer in source)
+            if fresh:
+                self.branches[task] = nn.ModuleList(type(layer)(self.config, layer_idx=split + i)
+                                                    for i, layer in enumerate(source))
+            else:
+                self.branches[task] = nn.ModuleList(copy.deepcopy(layer) for layer in source)
 
     def add_aux(self, task: str, name: str, num_labels: int, dropout: float = 0.1) -> None:
         """A token head for silver labels over ``task``'s text, on the task's own branch output. It is

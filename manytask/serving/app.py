@@ -139,7 +139,9 @@ def within(source: str, roots: list[Path]) -> Optional[Path]:
 
 
 def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_token: Optional[str] = None,
-               source_roots: Optional[list[Path]] = None, body_timeout: float = 30.0) -> FastAPI:
+               source_roots: Optional[list[Path]] = None, body_timeout: float = 30.0,
+               dev_scores: Optional[dict[str, dict]] = None) -> FastAPI:
+    """``dev_scores``: precision -> task -> {"score", "metric", "n"}, shown in ``GET /v1/tasks``."""
     limits = limits or Limits()
     admin_token = check_token(admin_token)
     if source_roots is None:
@@ -197,8 +199,11 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     @app.get("/v1/tasks")
     async def list_tasks():
         specs = predictor.specs()
-        return {"tasks": [{"name": n, "kind": s.kind, "labels": s.labels, "label_range": s.label_range,
-                           "text_fields": len(s.text_fields), "layers_run": predictor.layers_run([n])}
+        scores = dev_scores or {}
+        return {"precision": getattr(predictor, "weights", "fp32"),
+                "tasks": [{"name": n, "kind": s.kind, "labels": s.labels, "label_range": s.label_range,
+                           "text_fields": len(s.text_fields), "layers_run": predictor.layers_run([n]),
+                           "dev": {p: v[n] for p, v in scores.items() if n in v}}
                           for n, s in sorted(specs.items())]}
 
     @app.post("/v1/predict", responses=_errors(404, 413, 422, 500))

@@ -161,7 +161,7 @@ class TaskPackage:
         if self.pooling != model.pooling:
             raise BundleError(f"task {self.spec.name!r} pools with {self.pooling!r}, the bundle with {model.pooling!r}")
         model.specs[self.spec.name] = self.spec
-        model.add_branch(self.spec.name, self.layers, self.split_depth)
+        model.add_branch(self.spec.name, self.layers, self.split_depth, fresh=True)
         indicator = self.tensors.get("head.indicator.weight")
         if indicator is not None:  # a slice-based-learning head: its slices are in the weights' shape
             from manytask.models.slicing import SBLHead
@@ -176,7 +176,12 @@ class TaskPackage:
         if set(own) != expected:
             raise BundleError(f"task {self.spec.name!r}: package tensors do not match a {self.layers}-layer branch "
                               f"(missing {sorted(expected - set(own))[:3]}, unexpected {sorted(set(own) - expected)[:3]})")
-        model.load_state_dict(own, strict=False)
+        # only into the task's own modules: a quantised trunk's modules would not take a partial state dict
+        name = self.spec.name
+        if name in model.branches:
+            model.branches[name].load_state_dict({k[len("branch."):]: v for k, v in self.tensors.items()
+                                                  if k.startswith("branch.")})
+        model.heads[name].load_state_dict({k[len("head."):]: v for k, v in self.tensors.items() if k.startswith("head.")})
 
 
 def package_from_run(run_dir: Path, task: str, which: str = "best") -> TaskPackage:
@@ -189,8 +194,11 @@ def package_from_run(run_dir: Path, task: str, which: str = "best") -> TaskPacka
     model = run.model_for(task, which)
     results = json.loads((Path(run_dir) / "results.json").read_text()) if (Path(run_dir) / "results.json").exists() else {}
     best = results.get("best", {}).get(task, {})
+    entry = next(t for t in run.cfg.tasks if t.name == task)
     info = {"run": str(Path(run_dir).resolve()), "checkpoint": which, "dev_primary": best.get("score"),
-            "max_seq_length": run.cfg.model.max_seq_length}
+            "max_seq_length": run.cfg.model.max_seq_length,
+            # how the task's dev set was drawn (caps, re-splits): the bundle scores it again under a precision
+            "eval": {"entry": entry.model_dump(mode="json", exclude_none=True), "data_seed": run.cfg.data_seed}}
     return TaskPackage.from_model(model, task, info)
 
 

@@ -110,14 +110,20 @@ class Predictor:
 
 
 class MergedPredictor(Predictor):
-    def __init__(self, bundle: Bundle, device: str = "cpu"):
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32"):
+        from manytask.serving.precision import check, quantize_model
         from manytask.training.devices import resolve_device
 
         self.bundle = bundle
         self.tokenizer = bundle.tokenizer()
         self.max_length = bundle.manifest["trunk"]["max_seq_length"]
         self.device = resolve_device(device)
+        check(precision, self.device)
+        self.weights = precision  # fp32, bf16 or int8
+        self.precision = "bf16" if precision == "bf16" else "fp32"  # what autocast runs
         self.model: MultiTaskModel = bundle.merged_model().to(self.device)
+        if precision == "int8":
+            quantize_model(self.model)
         self._write = threading.Lock()
 
     def snapshot(self) -> MultiTaskModel:
@@ -140,6 +146,10 @@ class MergedPredictor(Predictor):
             entry = self.bundle.put(pkg, model=self.model)  # checked on the served trunk before it is written
             fresh = self.model.share([n for n in self.model.task_names if n != pkg.spec.name])
             self.bundle.package(pkg.spec.name).attach(fresh)  # read back what was written
+            if self.weights == "int8" and pkg.spec.name in fresh.branches:
+                from manytask.serving.precision import quantize
+
+                quantize(fresh.branches[pkg.spec.name])
             self.model = fresh.to(self.device).eval()
             return entry
 

@@ -1,0 +1,110 @@
+"""Serving precision: fp32, bf16 (autocast; on a CPU only where native) or int8 (dynamic quantisation of the
+trunk's and branches' linear layers, done once at load; heads stay fp32), and each task's dev score under
+it, so a precision that costs a task more than a stated tolerance is refused unless forced.
+
+Scores are cached in ``BUNDLE/scores/<task dir>.<precision>.json``: a changed task has a new directory, so
+its score is computed again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from manytask.serving.bundle import Bundle
+from manytask.training.checkpoint import atomic_write_json
+from manytask.training.devices import cpu_has_native_bf16
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class PrecisionError(ValueError):
+    """A precision this device cannot serve, or one that costs a task more than the tolerance."""
+
+
+def check(precision: str, device: torch.device) -> None:
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise PrecisionError("int8 (dynamic quantisation) runs on the CPU; serve with --device cpu")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        raise PrecisionError("bf16 on this CPU is emulated (no avx512_bf16/amx_bf16): far slower than fp32")
+
+
+def quantize(module: nn.Module) -> nn.Module:
+    """int8 weights for the linear layers of ``module`` (in place); activations are quantised per batch."""
+    return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def quantize_model(model) -> None:
+    """The trunk's layers and every task's branch; heads stay fp32 (small, and the last word on the answer)."""
+    quantize(model.encoder.encoder)
+    for branch in model.branches.values():
+        quantize(branch)
+
+
+def _eval_data(pkg, glue_dir: Path):
+    from manytask.config import TaskEntry
+    from manytask.data.loading import load_task
+
+    ev = pkg.info.get("eval")
+    entry = TaskEntry.model_validate(ev["entry"]) if ev else TaskEntry(name=pkg.spec.name)
+    return load_task(entry, pkg.spec, glue_dir, ev["data_seed"] if ev else 0, with_train=False)
+
+
+def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size: int = 64) -> dict[str, dict]:
+    """Each task's primary dev score under ``precision`` with ``model`` (the served one), cached by task
+    directory; a task whose dev data is not on this machine is reported as unscored, with the reason."""
+    from manytask.data.features import encode
+    from manytask.evaluation.predict import evaluate_task, summarize
+
+    tok = bundle.tokenizer()
+    max_len = bundle.manifest["trunk"]["max_seq_length"]
+    out = {}
+    for name, entry in bundle.manifest["tasks"].items():
+        cache = bundle.root / "scores" / f"{Path(entry['dir']).name}.{precision}.json"
+        if cache.exists():
+            out[name] = json.loads(cache.read_text())
+            continue
+        pkg = bundle.package(name)
+        try:
+            data = _eval_data(pkg, glue_dir)
+        except (FileNotFoundError, ValueError) as e:
+            out[name] = {"unscored": str(e).splitlines()[0][:300]}
+            continue
+        feats = {s: encode(ex, data.spec, tok, max_len) for s, ex in data.evals.items()}
+        results = evaluate_task(model, data.spec, feats, data.eval_titles, batch_size, tok.pad_token_id,
+                                "bf16" if precision == "bf16" else "fp32")
+        score = summarize({name: results}, {name: data.spec})["primary"][name]
+        out[name] = {"score": score, "metric": data.spec.primary, "n": sum(len(f) for f in feats.values())}
+        atomic_write_json(cache, out[name])
+    return out
+
+
+def compare(base: dict, other: dict, tolerance: float) -> list[str]:
+    """Tasks whose score under the other precision is more than ``tolerance`` points below fp32."""
+    worse = []
+    for name, b in base.items():
+        o = other.get(name, {})
+        if "score" in b and "score" in o and 100 * (b["score"] - o["score"]) > tolerance:
+            worse.append(f"{name}: {100 * b['score']:.1f} -> {100 * o['score']:.1f}")
+    return worse
+
+
+def score_precisions(bundle: Bundle, precision: str, glue_dir: Path, device: Optional[torch.device] = None) -> dict:
+    """fp32 and ``precision`` dev scores of every task (fresh models from the bundle)."""
+    device = device or torch.device("cpu")
+    check(precision, device)
+    scores = {}
+    for p in dict.fromkeys(("fp32", precision)):
+        model = bundle.merged_model().to(device).eval()
+        if p == "int8":
+            quantize_model(model)
+        scores[p] = dev_scores(bundle, model, p, glue_dir)
+    return scores
