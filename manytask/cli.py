@@ -515,16 +515,21 @@ def serve(
     precision: str = typer.Option("fp32", help="fp32, bf16 (where native) or int8 (dynamic quantisation, CPU)"),
     tolerance: float = typer.Option(0.5, help="points of dev score a precision may cost any task"),
     force: bool = typer.Option(False, "--force", help="serve the precision even if it costs more than the tolerance"),
+    workers: int = typer.Option(1, "--workers", help="server processes sharing the port (each holds the model)"),
+    watch_interval: float = typer.Option(2.0, help="seconds between looks at the bundle for changes made by "
+                                         "`manytask bundle` or another replica (0: never)"),
 ) -> None:
     """Serve a bundle over HTTP: /v1/predict, /v1/tasks, /healthz, /metrics, admin PUT/DELETE /v1/tasks/{name}."""
     _setup(None)
+    import json as json_
+
     import torch
     import uvicorn
 
-    from manytask.serving.app import Limits, check_token, create_app
+    from manytask.serving.app import check_token
     from manytask.serving.bundle import Bundle, BundleError
-    from manytask.serving.predictor import MergedPredictor, SeparatePredictor
-    from manytask.serving.protocol import protocol_with
+    from manytask.serving.factory import ENV, build_app
+    from manytask.serving.protocol import GuardedH11Protocol
 
     if threads:
         torch.set_num_threads(threads)
@@ -545,24 +550,34 @@ def serve(
     bad = [r for r in run if "=" not in r]
     if bad:
         _fail(f"--run {bad[0]!r}: expected TASK=RUN_DIR")
-    scores = None
+    if workers < 1:
+        _fail("--workers: 1 or more")
+    options = {"bundle": None, "runs": dict(r.split("=", 1) for r in run), "device": device, "precision": precision,
+               "source_roots": [str(r) for r in source_root], "token": token, "body_timeout": body_timeout,
+               "watch_interval": watch_interval, "dev_scores": None,
+               "limits": {"max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+                          "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes}}
     try:
         if bundle is not None and (bundle / "config.yaml").exists() and not (bundle / "manifest.json").exists():
             bundle = _run_bundle(bundle)
         if bundle is not None:
-            predictor = MergedPredictor(Bundle(bundle), device, precision)
+            options["bundle"] = str(Bundle(bundle).root.resolve())
             if precision != "fp32":
-                scores = _checked_scores(Bundle(bundle), precision, tolerance, force)
-        else:
-            predictor = SeparatePredictor({t: Path(d) for t, d in (r.split("=", 1) for r in run)}, device)
+                options["dev_scores"] = _checked_scores(Bundle(bundle), precision, tolerance, force)
+        app_ = build_app(options)  # also checks every argument before a worker starts
     except (BundleError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
         return
-    limits = Limits(max_inputs=max_inputs, max_batch=max_batch, max_wait_ms=max_wait_ms, max_text_chars=max_text_chars,
-                    max_body_bytes=max_body_bytes)
-    app_ = create_app(predictor, limits, token, source_root or None, body_timeout=body_timeout, dev_scores=scores)
-    uvicorn.run(app_, host=host, port=port, log_level="warning", http=protocol_with(header_timeout),
-                limit_concurrency=limit_concurrency, timeout_keep_alive=timeout_keep_alive)
+    os.environ["MANYTASK_HEADER_TIMEOUT"] = str(header_timeout)
+    GuardedH11Protocol.header_timeout = header_timeout
+    kw = {"host": host, "port": port, "log_level": "warning", "http": GuardedH11Protocol,
+          "limit_concurrency": limit_concurrency, "timeout_keep_alive": timeout_keep_alive}
+    if workers == 1:
+        uvicorn.run(app_, **kw)
+    else:
+        del app_  # each worker builds its own
+        os.environ[ENV] = json_.dumps(options)
+        uvicorn.run("manytask.serving.factory:build", factory=True, workers=workers, **kw)
 
 
 @app.command()

@@ -138,10 +138,38 @@ def within(source: str, roots: list[Path]) -> Optional[Path]:
     return path if any(path == r or path.is_relative_to(r) for r in roots) else None
 
 
+async def _watch(predictor: MergedPredictor, interval: float, lock: asyncio.Lock) -> None:
+    """Follow the bundle on disk: when its manifest changes, swap the changed tasks in (requests keep being
+    answered by the snapshot they started with)."""
+    manifest = predictor.bundle.root / "manifest.json"
+    seen = None
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            stamp = manifest.stat().st_mtime_ns, manifest.stat().st_size
+        except OSError:
+            continue
+        if stamp == seen:
+            continue
+        seen = stamp
+        async with lock:
+            try:
+                changed = await loop.run_in_executor(None, predictor.refresh)
+            except Exception as e:  # a half-written change is retried on the next look
+                log.warning("bundle watch: %s", e)
+                seen = None
+                continue
+        if changed:
+            log.info("bundle changed on disk: %s", ", ".join(changed))
+
+
 def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_token: Optional[str] = None,
                source_roots: Optional[list[Path]] = None, body_timeout: float = 30.0,
-               dev_scores: Optional[dict[str, dict]] = None) -> FastAPI:
-    """``dev_scores``: precision -> task -> {"score", "metric", "n"}, shown in ``GET /v1/tasks``."""
+               dev_scores: Optional[dict[str, dict]] = None, watch_interval: float = 0.0) -> FastAPI:
+    """``dev_scores``: precision -> task -> {"score", "metric", "n"}, shown in ``GET /v1/tasks``.
+    ``watch_interval``: seconds between looks at the bundle's manifest, to follow changes made by
+    ``manytask bundle`` or another replica (0: never)."""
     limits = limits or Limits()
     admin_token = check_token(admin_token)
     if source_roots is None:
@@ -150,7 +178,12 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        watcher = None
+        if watch_interval > 0 and isinstance(predictor, MergedPredictor):
+            watcher = asyncio.get_running_loop().create_task(_watch(predictor, watch_interval, admin_lock))
         yield
+        if watcher is not None:
+            watcher.cancel()
         await app.state.batcher.stop()
 
     app = FastAPI(title="manytask", docs_url=None, redoc_url=None, lifespan=lifespan,

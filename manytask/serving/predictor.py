@@ -124,6 +124,8 @@ class MergedPredictor(Predictor):
         self.model: MultiTaskModel = bundle.merged_model().to(self.device)
         if precision == "int8":
             quantize_model(self.model)
+        self.served = self._served_dirs()
+        self.bundle_trunk = bundle.manifest["trunk"]["sha256"]
         self._write = threading.Lock()
 
     def snapshot(self) -> MultiTaskModel:
@@ -151,12 +153,40 @@ class MergedPredictor(Predictor):
 
                 quantize(fresh.branches[pkg.spec.name])
             self.model = fresh.to(self.device).eval()
+            self.served = {**self.served, pkg.spec.name: entry["dir"]}
             return entry
 
     def remove(self, name: str) -> None:
         with self._write:
             self.bundle.remove(name)
             self.model = self.model.share([n for n in self.model.task_names if n != name]).eval()
+            self.served = {n: d for n, d in self.served.items() if n != name}
+
+    def _served_dirs(self) -> dict[str, str]:
+        return {n: e["dir"] for n, e in self.bundle.manifest["tasks"].items()}
+
+    def refresh(self) -> list[str]:
+        """Follow changes another process made to the bundle (``manytask bundle ...``, another replica): swap
+        in a snapshot with the changed tasks re-read, the removed ones dropped. Returns what changed."""
+        with self._write:
+            manifest = self.bundle.manifest
+            if manifest["trunk"]["sha256"] != self.bundle_trunk:
+                raise RuntimeError(f"{self.bundle.root}: the bundle's trunk changed; restart the server")
+            now = {n: e["dir"] for n, e in manifest["tasks"].items()}
+            changed = sorted(n for n in now if self.served.get(n) != now[n])
+            removed = sorted(set(self.served) - set(now))
+            if not changed and not removed:
+                return []
+            fresh = self.model.share([n for n in self.model.task_names if n in now and n not in changed])
+            for name in changed:
+                self.bundle.package(name).attach(fresh)
+                if self.weights == "int8" and name in fresh.branches:
+                    from manytask.serving.precision import quantize
+
+                    quantize(fresh.branches[name])
+            self.model = fresh.to(self.device).eval()
+            self.served = now
+            return changed + [f"-{n}" for n in removed]
 
 
 class SeparatePredictor(Predictor):

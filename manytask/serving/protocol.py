@@ -7,11 +7,14 @@ client may take to send its headers, so idle and slowloris sockets would be held
 
 from __future__ import annotations
 
+import os
+
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
 class GuardedH11Protocol(H11Protocol):
-    header_timeout: float = 10.0
+    # $MANYTASK_HEADER_TIMEOUT reaches worker processes (`serve --workers`), which rebuild this class by name
+    header_timeout: float = float(os.environ.get("MANYTASK_HEADER_TIMEOUT", "10"))
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
