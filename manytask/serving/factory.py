@@ -20,7 +20,8 @@ def build_app(options: dict) -> FastAPI:
     if options.get("bundle"):
         predictor = MergedPredictor(Bundle(Path(options["bundle"])), options["device"], options["precision"])
     else:
-        predictor = SeparatePredictor({t: Path(d) for t, d in options["runs"].items()}, options["device"])
+        predictor = SeparatePredictor({t: Path(d) for t, d in options["runs"].items()}, options["device"],
+                                      options["precision"])
     roots = [Path(r) for r in options["source_roots"]] or None
     return create_app(predictor, Limits(**options["limits"]), options.get("token"), roots,
                       body_timeout=options["body_timeout"], dev_scores=options.get("dev_scores"),

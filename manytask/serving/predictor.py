@@ -192,11 +192,14 @@ class MergedPredictor(Predictor):
 class SeparatePredictor(Predictor):
     """One full single-task model per task (e.g. full fine-tuning runs): every task runs all L layers."""
 
-    def __init__(self, runs: dict[str, Path], device: str = "cpu"):
+    def __init__(self, runs: dict[str, Path], device: str = "cpu", precision: str = "fp32"):
         from manytask.runs import Run
+        from manytask.serving.precision import check, quantize_model
         from manytask.training.devices import resolve_device
 
         self.device = resolve_device(device)
+        check(precision, self.device)
+        self.weights, self.precision = precision, ("bf16" if precision == "bf16" else "fp32")
         self.models: dict[str, MultiTaskModel] = {}
         for task, run_dir in runs.items():
             run = Run.open(run_dir)
@@ -204,6 +207,8 @@ class SeparatePredictor(Predictor):
                 raise ValueError(f"{run_dir}: the run has no task {task!r} "
                                  f"(has: {', '.join(s.name for s in run.specs())})")
             self.models[task] = run.model_for(task).to(self.device).eval()
+            if precision == "int8":
+                quantize_model(self.models[task])  # each task its own quantised model: the baseline a user would build
             self.tokenizer = run.tokenizer()
             self.max_length = run.cfg.model.max_seq_length
 
