@@ -1,0 +1,250 @@
+"""The merged bundle against separate per-task models, in fp32 and int8 (and bf16 where the CPU has it),
+under two kinds of traffic, with every server up at once and measured in alternating windows.
+
+- Servers: merged bundle (fp32, int8[, bf16]) and one full model per task (fp32, int8: each task its own
+  quantised model). All are started first; then, round after round, each is loaded for one window while
+  the others idle (A B C D A B C D ...), so a drift of the machine's speed hits them alike. Each server's
+  throughput is the median over rounds; each ratio is the median of the per-round ratios, with its range.
+- Traffic: ``every-task`` (each request asks every task of the set that takes its input kind) and
+  ``one-task`` (each request asks one random task of the set).
+- In-process: the same predictors without HTTP (batches of 32 inputs), to separate model cost from serving.
+- Resident memory of each server process after warm-up; dev scores of each task under each precision.
+
+    .venv/bin/python benchmarks/serve_compare.py --flex runs/flex_mini      # after benchmarks/flex_mini/run.sh
+
+Prints tables and writes benchmarks/results/serve_compare.json with the CPU it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import MANYTASK, dev_inputs, free_port, wait_healthy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_info() -> dict:
+    info = {"cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        info["model"] = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
+        flags = next(l for l in text.splitlines() if l.startswith("flags")).split()
+        info["flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2")) or "vnni" in f)
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn's worker is the server itself here)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def templates(task_set: list[str], inputs: dict, traffic: str) -> list[dict]:
+    out = []
+    for pair in (False, True):
+        tasks = [t for t in task_set if ("text_pair" in inputs[t][0]) == pair]
+        if not tasks:
+            continue
+        if traffic == "every-task":
+            out.append({"tasks": tasks, "inputs": [x for t in tasks for x in inputs[t]]})
+        else:
+            out.extend({"tasks": [t], "inputs": inputs[t]} for t in tasks)
+    return out
+
+
+def window(url: str, tmpl: list[dict], args) -> dict:
+    spec = Path(args.work) / "client.json"
+    spec.write_text(json.dumps({"url": url, "templates": tmpl, "concurrency": args.concurrency,
+                                "warmup": args.warmup, "duration": args.window}))
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve_load.py"), "--client", str(spec)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def servers(flex_dir: Path, selection: dict, task_set: list[str], precisions: list[str]) -> dict[str, list[str]]:
+    full = [f"{t}={flex_dir / selection['tasks'][t]['variants']['full']['run']}" for t in task_set]
+    out = {}
+    for p in precisions:
+        out[f"merged-{p}"] = ["serve", str(flex_dir / "bundle"), "--precision", p, "--force", "--watch-interval", "0"]
+        out[f"separate-{p}"] = ["serve", *[x for r in full for x in ("--run", r)], "--precision", p]
+    return out
+
+
+def in_process(flex_dir: Path, selection: dict, task_set: list[str], precisions: list[str], inputs: dict,
+               args) -> dict:
+    """Task predictions per second of each predictor on batches of 32, alternating predictors each round."""
+    import torch
+
+    from manytask.serving.bundle import Bundle
+    from manytask.serving.predictor import MergedPredictor, SeparatePredictor
+
+    preds = {}
+    for p in precisions:
+        preds[f"merged-{p}"] = MergedPredictor(Bundle(flex_dir / "bundle"), "cpu", p)
+        preds[f"separate-{p}"] = SeparatePredictor(
+            {t: flex_dir / selection["tasks"][t]["variants"]["full"]["run"] for t in task_set}, "cpu", p)
+    rng = random.Random(0)
+    out = {}
+    for traffic in ("every-task", "one-task"):
+        rates: dict[str, list[float]] = {k: [] for k in preds}
+        for _ in range(args.rounds):
+            for name, pr in preds.items():
+                done, start = 0, time.perf_counter()
+                for tmpl in templates(task_set, inputs, traffic) * 2:
+                    batch = [rng.choice(tmpl["inputs"]) for _ in range(32)]
+                    texts = [x["text"] for x in batch]
+                    pairs = [x["text_pair"] for x in batch] if "text_pair" in batch[0] else None
+                    with torch.inference_mode():
+                        pr.predict(texts, pairs, tmpl["tasks"])
+                    done += 32 * len(tmpl["tasks"])
+                rates[name].append(done / (time.perf_counter() - start))
+        out[traffic] = summarize(rates)
+    return out
+
+
+def summarize(rates: dict[str, list[float]]) -> dict:
+    out = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": v} for k, v in rates.items()}
+    for base in ("separate-fp32", "separate-int8"):
+        for k in rates:
+            if k.startswith("merged-") and base in rates:
+                ratios = [a / b for a, b in zip(rates[k], rates[base])]
+                out[k][f"ratio_vs_{base}"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+    return out
+
+
+def dev_table(flex_dir: Path, selection: dict, task_set: list[str], precisions: list[str]) -> dict:
+    """Dev scores per task and precision: the bundle's (cached by `manytask bundle score`), and the separate
+    full models' under the same precision."""
+    from manytask.config import RunConfig
+    from manytask.data.features import encode
+    from manytask.data.loading import load_tasks
+    from manytask.evaluation.predict import evaluate_task, summarize as summ
+    from manytask.runs import Run
+    from manytask.serving.bundle import Bundle
+    from manytask.serving.precision import quantize_model, score_precisions
+
+    glue = RunConfig(tasks=["sst2"]).resolved_glue_dir()
+    out = {}
+    for p in precisions:
+        merged = score_precisions(Bundle(flex_dir / "bundle"), p, glue)[p]
+        out[f"merged-{p}"] = {t: 100 * merged[t]["score"] for t in task_set if "score" in merged.get(t, {})}
+        sep = {}
+        for t in task_set:
+            run = Run.open(flex_dir / selection["tasks"][t]["variants"]["full"]["run"])
+            model = run.model_for(t)
+            if p == "int8":
+                quantize_model(model)
+            data = next(d for d in load_tasks(run.cfg, with_train=False)[0] if d.name == t)
+            tok = run.tokenizer()
+            feats = {s: encode(ex, data.spec, tok, run.cfg.model.max_seq_length) for s, ex in data.evals.items()}
+            res = evaluate_task(model, data.spec, feats, data.eval_titles, 64, tok.pad_token_id,
+                                "bf16" if p == "bf16" else "fp32")
+            sep[t] = 100 * summ({t: res}, {t: data.spec})["primary"][t]
+        out[f"separate-{p}"] = sep
+    return {k: {**v, "avg": statistics.fmean(v.values())} for k, v in out.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flex", type=Path, default=ROOT / "runs" / "flex_mini")
+    ap.add_argument("--tasks", default="all", help="comma-separated tasks of the bundle, or 'all'")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=float, default=8.0, help="measured seconds per server and round")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--inputs-per-task", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_compare.json")
+    ap.add_argument("--work", default="/tmp")
+    args = ap.parse_args()
+    from manytask.training.devices import cpu_has_native_bf16
+
+    flex_dir = args.flex.resolve()
+    selection = json.loads((flex_dir / "selection.json").read_text())
+    task_set = list(selection["tasks"]) if args.tasks == "all" else args.tasks.split(",")
+    precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
+    inputs = dev_inputs(flex_dir, task_set, args.inputs_per_task)
+    result = {"cpu": cpu_info(), "tasks": task_set, "precisions": precisions, "rounds": args.rounds,
+              "window_s": args.window, "concurrency": args.concurrency}
+    result["dev"] = dev_table(flex_dir, selection, task_set, precisions)
+    procs, urls, rss = {}, {}, {}
+    try:
+        for name, cmd in servers(flex_dir, selection, task_set, precisions).items():
+            port = free_port()
+            urls[name] = f"http://127.0.0.1:{port}"
+            procs[name] = subprocess.Popen([*MANYTASK, *cmd, "--port", str(port)], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, env={**os.environ, "MANYTASK_ADMIN_TOKEN": ""})
+        for name in procs:
+            wait_healthy(urls[name], procs[name], timeout=300)
+        http = {}
+        for traffic in ("every-task", "one-task"):
+            rates: dict[str, list[float]] = {k: [] for k in procs}
+            tmpl = templates(task_set, inputs, traffic)
+            for _ in range(args.rounds):
+                for name in procs:
+                    rates[name].append(window(urls[name], tmpl, args)["task_predictions_per_s"])
+            http[traffic] = summarize(rates)
+        rss = {name: rss_mb(p.pid) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            p.wait(timeout=60)
+    result["http"], result["rss_mb"] = http, rss
+    result["in_process"] = in_process(flex_dir, selection, task_set, precisions, inputs, args)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+    print(f"\nwrote {args.out}")
+
+
+def report(r: dict) -> str:
+    lines = [f"CPU: {r['cpu'].get('model')} ({r['cpu']['cores']} cores); tasks: {', '.join(r['tasks'])}; "
+             f"medians of {r['rounds']} alternating rounds", ""]
+    for where in ("http", "in_process"):
+        for traffic, rows in r[where].items():
+            lines += [f"{where}, {traffic} traffic (task predictions/s):", "",
+                      "| server | median | range | vs separate fp32 | vs separate int8 | RSS MB | dev avg |",
+                      "|---|---|---|---|---|---|---|"]
+            for name, s in rows.items():
+                ratio = lambda b: (f"{s[b]['median']:.2f}x ({s[b]['min']:.2f}–{s[b]['max']:.2f})"  # noqa: E731
+                                   if b in s else "—")
+                rss = f"{r['rss_mb'].get(name, float('nan')):.0f}" if where == "http" else "—"
+                lines.append(f"| {name} | {s['median']:.1f} | {s['min']:.1f}–{s['max']:.1f} | "
+                             f"{ratio('ratio_vs_separate-fp32')} | {ratio('ratio_vs_separate-int8')} | {rss} | "
+                             f"{r['dev'][name]['avg']:.1f} |")
+            lines.append("")
+    lines += ["Dev scores (x100) per task:", "", "| server | " + " | ".join(r["tasks"]) + " | avg |",
+              "|---|" + "---|" * (len(r["tasks"]) + 1)]
+    for name, d in r["dev"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{d.get(t, float('nan')):.1f}" for t in r["tasks"])
+                     + f" | {d['avg']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
