@@ -300,6 +300,9 @@ def test_a_source_outside_the_roots_is_refused_without_saying_whether_it_exists(
 def test_tokens_are_stripped_and_short_ones_refused(bundle, tmp_path):
     with pytest.raises(ValueError, match="at least 16 characters"):
         create_app(MergedPredictor(bundle), admin_token="short-token")
+    from manytask.serving.app import check_token
+
+    assert check_token("") is None and check_token("  \n") is None  # an empty variable: no token, admin off
     app = create_app(MergedPredictor(bundle), admin_token=f"  {TOKEN}\n")
     with TestClient(app) as c:
         assert c.delete("/v1/tasks/nope", headers=AUTH).status_code == 404  # the stripped token is the token

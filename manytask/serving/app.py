@@ -120,8 +120,9 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def check_token(token: Optional[str]) -> Optional[str]:
-    """The admin token without surrounding whitespace; refused when shorter than 16 characters."""
-    if token is None:
+    """The admin token without surrounding whitespace; refused when shorter than 16 characters. An empty one
+    (an unset variable exported as ``""``) means no token: admin calls are disabled."""
+    if token is None or not token.strip():
         return None
     token = token.strip()
     if len(token) < MIN_TOKEN_CHARS:
