@@ -9,6 +9,7 @@ taking the whole batch. Rank 0 writes checkpoints and metrics and evaluates; the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,10 +60,25 @@ def shard(indices: Sequence[int]) -> list[int]:
     return list(indices[rank()::world()])
 
 
+_idle = False  # this rank holds no example of the step: it takes part in the collectives, counting nothing
+
+
+@contextlib.contextmanager
+def idle(flag: bool = True):
+    """For a step whose global batch has fewer examples than processes: a rank without examples runs one
+    example with zero weight, so every rank calls the same collectives, and counts none of it."""
+    global _idle
+    before, _idle = _idle, flag
+    try:
+        yield
+    finally:
+        _idle = before
+
+
 def denominator(count, device=None) -> torch.Tensor:
     """The global count over W (the local count in one process): dividing a rank's loss sum by it makes the
     ranks' averaged gradients those of the global mean."""
-    c = torch.as_tensor(count, dtype=torch.float32, device=device).clone()
+    c = torch.as_tensor(0 if _idle else count, dtype=torch.float32, device=device).clone()
     if active():
         dist.all_reduce(c)
         c = c / world()

@@ -119,12 +119,9 @@ class Trainer:
         train any subset of the tasks without hanging the other ranks."""
         if distributed.world() == 1:
             return self.model
-        world = distributed.world()
         if self.cfg.batching == "mixed":
             raise ValueError("batching: mixed is not supported with several processes (each rank would see other "
                              "tasks); use per_task")
-        if self.cfg.batch_size < world:
-            raise ValueError(f"batch_size {self.cfg.batch_size} is smaller than the {world} processes")
         distributed.check_same("training plan", [sorted(step.items()) for step in self.plan.steps])
         torch.manual_seed(self.seed * 1000 + distributed.rank())  # dropout differs between ranks
         from torch.nn.parallel import DistributedDataParallel
@@ -238,15 +235,18 @@ class Trainer:
         progress = self.step / self.total_steps
         aux = any(self.by_name[n].aux_weights or self.by_name[n].slice_mode in ("heads", "sbl") for n in step)
         if len(step) == 1:
-            (task_name, idx), = step.items()
-            idx = distributed.shard(idx)  # this rank's part of the global batch (all of it in one process)
+            (task_name, full), = step.items()
+            idx = distributed.shard(full)  # this rank's part of the global batch (all of it in one process)
+            idle = not idx
+            idx = idx or full[:1]  # a rank past the end of a short batch: one example, weight 0
             t = self.by_name[task_name]
             batch = self._to_device({**collate(t.train, idx, self.pad_id), "index": torch.tensor(idx)})
             with autocast(self.precision, self.device.type):
                 logits = self.net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                                   tasks=[task_name], aux=aux)
-            task_loss, logged = self._task_loss(t, logits, batch, progress)
-            return task_loss * t.loss_weight, logged
+            with distributed.idle(idle):
+                task_loss, logged = self._task_loss(t, logits, batch, progress)
+            return task_loss * (0.0 if idle else t.loss_weight), logged
         inputs, per_task = collate_mixed({n: (self.by_name[n].train, idx) for n, idx in step.items()}, self.pad_id)
         inputs = self._to_device(inputs)
         per_task = {n: self._to_device(b) for n, b in per_task.items()}
