@@ -100,7 +100,7 @@ def dev_inputs(flex_dir: Path, tasks: list[str], per_task: int) -> dict[str, lis
     from manytask.data.loading import load_tasks
     from manytask.flex.config import load_flex
 
-    cfg = load_flex(flex_dir / "flex.yaml")
+    cfg = load_flex(flex_dir / "flex.yaml", saved=True)
     probe = RunConfig(seed=cfg.seed, data_seed=cfg.data_seed, glue_dir=cfg.glue_dir, missing_glue="skip",
                       tasks=[t for t in cfg.tasks if t.name in tasks], model=cfg.model)
     data, _ = load_tasks(probe, with_train=False)
@@ -196,7 +196,7 @@ def main() -> None:
     selection = json.loads((flex_dir / "selection.json").read_text())
     from manytask.flex.config import load_flex
 
-    setting = load_flex(flex_dir / "flex.yaml").bundle
+    setting = load_flex(flex_dir / "flex.yaml", saved=True).bundle
     L = selection["encoder_layers"]
     every = list(selection["tasks"])
     sets = [every if s.strip() == "all" else s.split(",") for s in args.sets.split(";")]

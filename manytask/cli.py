@@ -65,12 +65,13 @@ def train(
     from manytask.report.tables import results_table, slices_table
     from manytask.runs import Run, train_run
 
+    own = config is None  # resuming with the run's own saved config
     if config is None:
         if not resume:
             _fail("give --config (or --resume with an existing run in --out)")
         config = out / "config.yaml"
     try:
-        cfg = load_config(config, set_)
+        cfg = load_config(config, set_, saved=own)
         summary = train_run(cfg, out, resume=resume, stop_at=stop_at)
     except (ConfigError, DataError, MissingData, FileNotFoundError, ValueError) as e:
         _fail(str(e))
@@ -369,7 +370,7 @@ def report(run_dir: Path = typer.Argument(..., help="a study (`manytask bam`) or
             from manytask.flex.config import load_flex
             from manytask.report.flex import write_report as write_flex_report
 
-            rep = write_flex_report(run_dir, load_flex(run_dir / "flex.yaml").mixed.delta)
+            rep = write_flex_report(run_dir, load_flex(run_dir / "flex.yaml", saved=True).mixed.delta)
             plots = [str(run_dir / "flex.png")]
         else:
             _fail(f"{run_dir} is neither a study (study.yaml) nor a finished flex run (flex.yaml, selection.json)")

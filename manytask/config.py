@@ -425,22 +425,38 @@ def read_yaml_mapping(path: Union[str, Path], what: str = "config") -> dict:
     return data
 
 
-def load_model(cls, path: Union[str, Path], overrides: Optional[list[str]] = None, what: str = "config"):
-    """Read a YAML file, apply ``--set`` overrides, validate as ``cls``; errors name the file and key."""
-    data = apply_overrides(read_yaml_mapping(path, what), overrides or [])
+def upgrade_saved(data: dict) -> dict:
+    """A config saved by an earlier manytask: it wrote ``quoting: true`` (then the default, and ignored) on
+    every GLUE task entry, which GLUE entries now refuse. Only files manytask saved itself pass through here."""
+    for entry in data.get("tasks") or []:
+        if isinstance(entry, dict) and "kind" not in entry and entry.get("quoting") is True:
+            del entry["quoting"]
+    return data
+
+
+def load_model(cls, path: Union[str, Path], overrides: Optional[list[str]] = None, what: str = "config",
+               saved: bool = False):
+    """Read a YAML file, apply ``--set`` overrides, validate as ``cls``; errors name the file and key.
+    ``saved``: a file manytask wrote into a run, study or flex directory (upgraded from earlier versions)."""
+    data = read_yaml_mapping(path, what)
+    data = apply_overrides(upgrade_saved(data) if saved else data, overrides or [])
     try:
         return cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{path}: {first_error(e)}") from None
 
 
-def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[str]] = None, data: Optional[dict] = None) -> RunConfig:
-    """Load a YAML recipe (or a dict), apply overrides, validate. Errors name the file and key."""
+def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[str]] = None, data: Optional[dict] = None,
+                saved: bool = False) -> RunConfig:
+    """Load a YAML recipe (or a dict), apply overrides, validate. Errors name the file and key.
+    ``saved``: a run's own config.yaml (upgraded from earlier versions)."""
     source = str(path) if path else "<config>"
     if data is None:
         if path is None:
             raise ConfigError("no config given")
         data = read_yaml_mapping(path)
+        if saved:
+            data = upgrade_saved(data)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     data = apply_overrides(data, overrides or [])

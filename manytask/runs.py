@@ -167,7 +167,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
     if saved.exists() and not resume:
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and saved.exists():
-        own = load_config(saved)
+        own = load_config(saved, saved=True)
         _take_tag_sets(cfg, {t.name: t.labels for t in own.tasks})
         for mine, theirs in zip(cfg.tasks, own.tasks):  # auxiliary label sets were read at the first start
             for a, b in zip(mine.auxiliary, theirs.auxiliary):
@@ -233,7 +233,7 @@ class Run:
             raise FileNotFoundError(f"{path} is not a manytask run (no config.yaml)")
         if not (path / "checkpoints" / "best.json").exists() and not (path / "checkpoints" / "last.json").exists():
             raise FileNotFoundError(f"{path}: the run has no checkpoint yet")
-        return cls(path, load_config(path / "config.yaml"))
+        return cls(path, load_config(path / "config.yaml", saved=True))
 
     def tokenizer(self):
         from transformers import AutoTokenizer

@@ -75,3 +75,13 @@ def test_the_same_task_twice_is_refused_naming_both_entries(tasks, first, second
 def test_a_glue_alias_keys_per_task_settings_by_its_canonical_name():
     cfg = load_config(data={"tasks": [{"name": "SST-2", "branch_layers": 2}]})
     assert cfg.tasks[0].name == "sst2" and cfg.tasks[0].branch_layers == 2
+
+
+def test_configs_saved_by_earlier_versions_still_open(tmp_path):
+    """Earlier versions saved `quoting: true` on every GLUE entry (then the ignored default); a saved file
+    is upgraded, a user's config with that key on a GLUE task is still refused."""
+    p = tmp_path / "config.yaml"
+    p.write_text("tasks:\n- {name: rte, quoting: true, header: true}\n")
+    assert load_config(p, saved=True).tasks[0].resolve(".").name == "rte"
+    with pytest.raises(ConfigError, match="quoting cannot be set"):
+        load_config(p).tasks[0].resolve(".")

@@ -154,8 +154,8 @@ def order(recipes: list[Recipe]) -> list[Recipe]:
     return done
 
 
-def load_study(path: Union[str, Path], overrides: Optional[list[str]] = None) -> StudyConfig:
-    return load_model(StudyConfig, path, overrides, what="study config")
+def load_study(path: Union[str, Path], overrides: Optional[list[str]] = None, saved: bool = False) -> StudyConfig:
+    return load_model(StudyConfig, path, overrides, what="study config", saved=saved)
 
 
 def dump_study(cfg: StudyConfig) -> str:

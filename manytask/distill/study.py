@@ -150,7 +150,7 @@ def prepare(cfg: StudyConfig, out: Path, seeds: Optional[list[int]] = None) -> S
     saved = out / "study.yaml"
     seeds = seeds or cfg.seeds
     if saved.exists():
-        old = load_study(saved)
+        old = load_study(saved, saved=True)
         kept = {r.name: r for r in old.recipes}
         changed = [r.name for r in cfg.recipes if r.name in kept and r != kept[r.name]]
         if changed:

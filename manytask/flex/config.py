@@ -88,8 +88,8 @@ class FlexConfig(StrictModel):
         return self
 
 
-def load_flex(path: Union[str, Path], overrides: Optional[list[str]] = None) -> FlexConfig:
-    return load_model(FlexConfig, path, overrides, what="flex config")
+def load_flex(path: Union[str, Path], overrides: Optional[list[str]] = None, saved: bool = False) -> FlexConfig:
+    return load_model(FlexConfig, path, overrides, what="flex config", saved=saved)
 
 
 def dump_flex(cfg: FlexConfig) -> str:

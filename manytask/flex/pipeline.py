@@ -174,7 +174,7 @@ def _flex_task(flex_text: str, out: str, task: str) -> dict:
 def run_flex(cfg: FlexConfig, out: Path, workers: int = 0, address: Optional[str] = None) -> dict:
     out = Path(out)
     saved = out / "flex.yaml"
-    if saved.exists() and dump_flex(load_flex(saved)) != dump_flex(cfg):
+    if saved.exists() and dump_flex(load_flex(saved, saved=True)) != dump_flex(cfg):
         raise ConfigError(f"{out} holds a flex run with other settings ({saved}); use another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, dump_flex(cfg))

@@ -45,7 +45,7 @@ def _data_json(out: Path, scores: dict) -> dict:
 
 def build(out: Path) -> dict:
     out = Path(out)
-    cfg = load_study(out / "study.yaml")
+    cfg = load_study(out / "study.yaml", saved=True)
     scores = collect(out, cfg)
     if not scores:
         raise FileNotFoundError(f"{out}: no finished stage yet (no seed-*/*/scores.json)")
@@ -346,7 +346,7 @@ def _trace(out: Path, cfg: StudyConfig):
 def write_report(out: Path) -> dict:
     out = Path(out)
     rep = build(out)
-    cfg = load_study(out / "study.yaml")
+    cfg = load_study(out / "study.yaml", saved=True)
     text = markdown(rep)
     atomic_write_text(out / "report.md", text)
     atomic_write_json(out / "report.json", rep)

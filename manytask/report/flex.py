@@ -127,7 +127,7 @@ def write_report(out: Path, delta: float) -> dict:
 
     out = Path(out)
     rep = build(out)
-    entries = {e.name: e for e in load_flex(out / "flex.yaml").tasks}
+    entries = {e.name: e for e in load_flex(out / "flex.yaml", saved=True).tasks}
     rep["primary"] = {t: entries[t].resolve(Path.cwd()).primary for t in rep["tasks"] if t in entries}
     titles = {t: (glue_task(t).title if glue_task(t) else t) for t in rep["tasks"]}
     text = markdown(rep, delta, titles)
