@@ -68,6 +68,8 @@ class RequestGuard:
 
         try:
             await self._handle(scope, receive, send_tracked, reply)
+            if not state["started"]:
+                state["status"] = 499  # the client went away before an answer (nginx's "client closed")
         except Exception:
             log.exception("unexpected failure on %s %s", scope.get("method"), label)
             if not state["started"]:
