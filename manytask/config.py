@@ -36,8 +36,10 @@ class AuxiliarySpec(StrictModel):
     """Silver token labels computed over a task's own text, learnt by a training-only head beside the task's.
 
     ``tagger: spacy`` tags with an installed spaCy pipeline (``pipeline``, ``attribute``: ``tag`` for
-    fine part-of-speech, ``pos`` for coarse, ``ent`` for BIO entity tags); ``module:function`` is a
-    user's tagger: it takes a list of texts and returns, per text, ``(start, end, label)`` character spans.
+    fine part-of-speech, ``pos`` for coarse, ``ent`` for BIO entity tags); ``tagger: pattern`` gives
+    Penn Treebank part-of-speech tags from Pattern's lexicon tagger as TextBlob ships it (no download);
+    ``module:function`` is a user's tagger: it takes a list of texts and returns, per text,
+    ``(start, end, label)`` character spans.
     """
 
     name: str
@@ -57,8 +59,8 @@ class AuxiliarySpec(StrictModel):
     @field_validator("tagger")
     @classmethod
     def _tagger(cls, v: str) -> str:
-        if v != "spacy" and (v.count(":") != 1 or not all(v.split(":"))):
-            raise ValueError("tagger is 'spacy' or 'module:function'")
+        if v not in ("spacy", "pattern") and (v.count(":") != 1 or not all(v.split(":"))):
+            raise ValueError("tagger is 'spacy', 'pattern' or 'module:function'")
         return v
 
 

@@ -71,3 +71,19 @@ def test_a_cache_from_another_tagger_version_is_refused(aux_config, tmp_path):
     path.write_text(json.dumps(cache))
     with pytest.raises(SilverError, match="made by .* not tests.silver_stub:caps_tagger"):
         train_run(load_config(data=aux_config), tmp_path / "b")
+
+
+def test_the_pattern_tagger_gives_silver_pos_offline(mini_glue, tiny_config, tmp_path):
+    pytest.importorskip("textblob")
+    from manytask.data.silver import load_tagger
+
+    tagger = load_tagger(AuxiliarySpec(name="pos", tagger="pattern"))
+    spans = tagger.tag(["Anna flew to Paris."])[0]
+    assert [(s, e, t) for s, e, t in spans] == [(0, 4, "NNP"), (5, 9, "VBD"), (10, 12, "TO"), (13, 18, "NNP"),
+                                                 (18, 19, ".")]
+    cfg = {**tiny_config, "tasks": [{"name": "sst2", "max_train": 16, "auxiliary": [
+        {"name": "pos", "tagger": "pattern"}]}], "silver_cache": str(tmp_path / "cache"),
+        "train": {**tiny_config["train"], "steps": 2, "eval_every": None}}
+    train_run(load_config(data=cfg), tmp_path / "r")
+    labels = Run.open(tmp_path / "r").cfg.tasks[0].auxiliary[0].labels
+    assert labels == ["JJ"]  # mini GLUE's SST-2 words are all adjectives

@@ -70,6 +70,34 @@ def _spacy(aux: AuxiliarySpec) -> Tagger:
                   f"{nlp.meta.get('version')}", tag)
 
 
+def _pattern(aux: AuxiliarySpec) -> Tagger:
+    """Penn Treebank POS tags from Pattern's lexicon-and-rules tagger, which TextBlob ships with its data
+    (no download). Its tokens are found in the text in order to get character offsets; one it changed
+    (e.g. quotes) is not found and is left out, and counted by the alignment."""
+    try:
+        from importlib.metadata import version
+
+        from textblob.en.taggers import PatternTagger
+    except ImportError:
+        raise SilverError(f"auxiliary {aux.name!r}: tagger 'pattern' needs TextBlob — install it with {INSTALL}") from None
+    tagger = PatternTagger()
+
+    def tag(texts: list[str]) -> list[Spans]:
+        out = []
+        for text in texts:
+            spans, cursor = [], 0
+            for token, label in tagger.tag(text):
+                at = text.find(token, cursor)
+                if at < 0:
+                    continue
+                spans.append((at, at + len(token), label))
+                cursor = at + len(token)
+            out.append(spans)
+        return out
+
+    return Tagger("pattern/pos", f"textblob {version('textblob')}", tag)
+
+
 def _callable(aux: AuxiliarySpec) -> Tagger:
     module, func = aux.tagger.split(":")
     try:
@@ -85,7 +113,7 @@ def _callable(aux: AuxiliarySpec) -> Tagger:
 
 
 def load_tagger(aux: AuxiliarySpec) -> Tagger:
-    return _spacy(aux) if aux.tagger == "spacy" else _callable(aux)
+    return {"spacy": _spacy, "pattern": _pattern}.get(aux.tagger, _callable)(aux)
 
 
 def cache_dir(configured: Optional[str]) -> Path:

@@ -27,6 +27,7 @@ class Recipe(StrictModel):
     train: dict[str, Any] = {}  # overrides of the student kind's training settings, e.g. {batching: mixed}
     slice_mode: Optional[Literal["heads", "sbl"]] = None  # train the tasks' slices so (else they are only scored)
     only: Optional[list[str]] = None  # single and finetune students: train these tasks only (default: all)
+    auxiliary: bool = False  # learn the tasks' auxiliary label sets (else the study's `auxiliary:` entries are unused)
     schedule: Literal["linear", "constant"] = "linear"  # teacher annealing, or a constant lambda
     lam: float = 0.0
     temperature: Optional[float] = None  # default: the study's distill.temperature
@@ -71,6 +72,7 @@ class StudyConfig(StrictModel):
     data_seed: int = 0
     glue_dir: Optional[str] = None
     missing_glue: Literal["skip", "error"] = "skip"
+    silver_cache: Optional[str] = None  # where auxiliary silver labels are cached (see RunConfig)
     tasks: list[TaskEntry]
     model: ModelConfig = ModelConfig()
     single: TrainConfig = TrainConfig()

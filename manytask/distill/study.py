@@ -49,7 +49,8 @@ class Study:
     def _base_config(self, seed: int, entries, train: TrainConfig) -> RunConfig:
         c = self.cfg
         return RunConfig(seed=seed, data_seed=c.data_seed, glue_dir=c.glue_dir, missing_glue=c.missing_glue,
-                         tasks=entries, model=c.model.model_copy(deep=True), train=train.model_copy(deep=True))
+                         tasks=entries, model=c.model.model_copy(deep=True), train=train.model_copy(deep=True),
+                         silver_cache=c.silver_cache)
 
     def _present_tasks(self) -> tuple[list[str], list[str]]:
         """Tasks whose files are there (absent GLUE tasks are skipped, as in a single run)."""
@@ -57,12 +58,15 @@ class Study:
         data, skipped = load_tasks(probe, with_train=False)
         return [d.name for d in data], skipped
 
-    def entries(self, names: list[str], slice_mode: Optional[str] = None):
-        """The study's task entries for these tasks; a recipe's ``slice_mode`` trains their slices."""
+    def entries(self, names: list[str], slice_mode: Optional[str] = None, auxiliary: bool = False):
+        """The study's task entries for these tasks; a recipe's ``slice_mode`` trains their slices, and
+        ``auxiliary`` their auxiliary label sets."""
         out = [e.model_copy(deep=True) for e in self.cfg.tasks if e.name in names]
         for e in out:
             if e.slices is not None:
                 e.slices.mode = slice_mode or "eval"
+            if not auxiliary:
+                e.auxiliary = []
         return out
 
     # ---- one recipe, one seed ----------------------------------------------------------------
@@ -83,7 +87,7 @@ class Study:
         groups = [tasks] if recipe.student == "multi" else [[t] for t in tasks]
         results, finals = {}, {}
         for names in groups:
-            cfg = self._base_config(seed, self.entries(names, recipe.slice_mode), train)
+            cfg = self._base_config(seed, self.entries(names, recipe.slice_mode, recipe.auxiliary), train)
             cfg.distill = distill
             if recipe.init:
                 source = run_dirs(self.out, seed, self.cfg.recipe(recipe.init), names)[names[0]]
