@@ -109,8 +109,9 @@ class ErrorBody(BaseModel):
 def _errors(*codes: int) -> dict:
     why = {400: "bad request or unusable task package", 401: "missing or wrong admin token",
            403: "admin calls disabled, or source outside the source roots", 404: "unknown task",
-           405: "method not allowed", 409: "this server serves separate models, not a bundle",
-           411: "length required", 413: "body or inputs over the limits", 422: "invalid request",
+           405: "method not allowed", 408: "request body not received in time",
+           409: "this server serves separate models, not a bundle", 413: "body or inputs over the limits",
+           422: "invalid request",
            500: "server failure (logged)"}
     return {c: {"model": ErrorBody, "description": why[c]} for c in codes}
 
@@ -188,7 +189,7 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
         await app.state.batcher.stop()
 
     app = FastAPI(title="manytask", docs_url=None, redoc_url=None, lifespan=lifespan,
-                  responses=_errors(400, 404, 405, 413, 422, 500))
+                  responses=_errors(400, 404, 405, 408, 413, 422, 500))
     registry = CollectorRegistry()
     requests_total = Counter("manytask_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("manytask_request_seconds", "Request latency", ["endpoint"], registry=registry,
