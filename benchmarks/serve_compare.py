@@ -27,22 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+from manytask.machine import cpu_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import MANYTASK, dev_inputs, free_port, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_info() -> dict:
-    info = {"cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["model"] = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
-        flags = next(l for l in text.splitlines() if l.startswith("flags")).split()
-        info["flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2")) or "vnni" in f)
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def rss_mb(pid: int) -> float:

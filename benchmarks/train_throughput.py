@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from manytask.machine import cpu_info
+
 
 def run_manytask(args, precision: str) -> float:
     from manytask.config import load_config
@@ -62,17 +64,6 @@ def run_hf(args, precision: str) -> float:
     return len(rows) / seconds
 
 
-def _cpu() -> dict:
-    """The CPU model and the flags that decide bf16 and int8 speed (recorded with every measurement)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return {}
-    model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), None)
-    flags = next((l for l in text.splitlines() if l.startswith("flags")), "").split()
-    return {"model": model, "flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2")) or "vnni" in f)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--task", default="sst2")
@@ -101,7 +92,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "machine": platform.processor() or platform.machine(),
-                               "cpu": _cpu(),
+                               "cpu": cpu_info(),
                                "cpus": os.cpu_count(), "torch": torch.__version__,
                                "transformers": transformers.__version__, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from manytask.machine import cpu_info
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
@@ -29,18 +30,6 @@ RUN = {"seed": 1, "tasks": [{"name": "sst2", "max_train": 640, "max_eval": 300},
                             {"name": "rte", "max_train": 640, "max_eval": 277}],
        "model": {"encoder": "default", "max_seq_length": 64, "pooling": "mean", "dropout": 0.0},
        "train": {"batch_size": 32, "epochs": 1, "lr": 1.0e-4, "progress": False, "device": "cpu"}}
-
-
-def cpu() -> dict:
-    info = {"machine": platform.machine(), "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        info["model"] = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
-        flags = next(l for l in text.splitlines() if l.startswith("flags")).split()
-        info["flags"] = sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2")) or "vnni" in f)
-    except (OSError, StopIteration):
-        pass
-    return info
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -99,7 +88,7 @@ def main() -> None:
            "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        result = {"cpu": cpu(), "repeats": args.repeats, "training": training(tmp, args.repeats, env),
+        result = {"cpu": cpu_info(), "repeats": args.repeats, "training": training(tmp, args.repeats, env),
                   "study": study(tmp, args.repeats, env)}
     tr, st = result["training"], result["study"]
     print(f"CPU: {result['cpu'].get('model')} ({result['cpu']['cores']} cores); medians of {args.repeats} interleaved runs")

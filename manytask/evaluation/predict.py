@@ -26,53 +26,46 @@ class Predictions:
     probs: Any  # classification: class probabilities; tagging: per word the chosen tag's probability
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def predict_logits(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
-                   precision: str = "fp32") -> torch.Tensor:
-    """Raw logits [n, outputs] in the order of ``feats``; batches are length-sorted to pad little."""
+def _batches(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int, precision: str):
+    """(example indices, their logits as float on the CPU) batch by batch, in eval mode; batches are
+    length-sorted to pad little. The model's train/eval mode is restored at the end."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     order = np.argsort([-n for n in feats.lengths], kind="stable")
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size].tolist()
+            batch = {k: v.to(device) for k, v in collate(feats, idx, pad_id).items()}
+            with torch.no_grad(), autocast(precision, device.type):
+                logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                               tasks=[spec.name])[spec.name]
+            yield idx, logits.float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def predict_logits(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Raw logits [n, outputs] in the order of ``feats``."""
     outputs: list[Optional[torch.Tensor]] = [None] * len(feats)
-    device = _device(model)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size].tolist()
-        batch = {k: v.to(device) for k, v in collate(feats, idx, pad_id).items()}
-        with autocast(precision, device.type):
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[spec.name])[spec.name]
-        logits = logits.float().reshape(len(idx), -1).cpu()
+    for idx, logits in _batches(model, spec, feats, batch_size, pad_id, precision):
         for row, i in enumerate(idx):
-            outputs[i] = logits[row]
-    model.train(was_training)
+            outputs[i] = logits.reshape(len(idx), -1)[row]
     return torch.stack(outputs)  # type: ignore[arg-type]
 
 
-@torch.no_grad()
 def predict_tags(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
                  precision: str = "fp32") -> Predictions:
     """Per word: the tag read off its first piece and that tag's probability; None for an unseen word."""
-    was_training = model.training
-    model.eval()
-    order = np.argsort([-n for n in feats.lengths], kind="stable")
     tags: list = [None] * len(feats)
     probs: list = [None] * len(feats)
-    device = _device(model)
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size].tolist()
-        batch = {k: v.to(device) for k, v in collate(feats, idx, pad_id).items()}
-        with autocast(precision, device.type):
-            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=[spec.name])[spec.name]
-        p = torch.softmax(logits.float().cpu(), dim=-1)
-        best_p, best = p.max(dim=-1)
+    for idx, logits in _batches(model, spec, feats, batch_size, pad_id, precision):
+        best_p, best = torch.softmax(logits, dim=-1).max(dim=-1)
         for row, i in enumerate(idx):
             first = feats.first_piece[i]  # type: ignore[index]
             tags[i] = [int(best[row, pos]) if pos >= 0 else None for pos in first]
             probs[i] = [float(best_p[row, pos]) if pos >= 0 else None for pos in first]
-    model.train(was_training)
     return Predictions(feats.ids, tags, probs)
 
 
