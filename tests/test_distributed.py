@@ -40,6 +40,20 @@ def _torchrun(n: int, *args: str) -> list[str]:
             "-m", "manytask.cli", *args]
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL torchrun and every rank at once. The ranks run in sessions of their own, so killing the
+    launcher's process group would leave them training (and pruning checkpoints) under the resumed run."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    for p in reversed(procs):
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def _weights(run_dir: Path) -> dict:
     info = json.loads((run_dir / "checkpoints" / "last.json").read_text())
     return load_file(str(run_dir / "checkpoints" / info["weights"]))
@@ -83,7 +97,7 @@ def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_weights(mini_glue, t
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if pointer.exists() and json.loads(pointer.read_text())["step"] >= 6:
-            os.killpg(proc.pid, signal.SIGKILL)  # every rank and the launcher, at once
+            _kill_tree(proc.pid)
             break
         time.sleep(0.02)
     proc.wait(60)
