@@ -30,42 +30,30 @@ from pathlib import Path
 from manytask.machine import cpu_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import MANYTASK, dev_inputs, free_port, wait_healthy  # noqa: E402
+from serve_load import MANYTASK, dev_inputs, free_port, templates_for, wait_healthy  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children (uvicorn's worker is the server itself here)."""
+    import psutil
+
     total = 0
-    for p in [pid, *_children(pid)]:
+    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
             pass
-    return total / 1024
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
+    return total / 2**20
 
 
 def templates(task_set: list[str], inputs: dict, traffic: str) -> list[dict]:
-    out = []
-    for pair in (False, True):
-        tasks = [t for t in task_set if ("text_pair" in inputs[t][0]) == pair]
-        if not tasks:
-            continue
-        if traffic == "every-task":
-            out.append({"tasks": tasks, "inputs": [x for t in tasks for x in inputs[t]]})
-        else:
-            out.extend({"tasks": [t], "inputs": inputs[t]} for t in tasks)
-    return out
+    """Every-task traffic: serve_load's request kinds; one-task traffic: one request kind per task."""
+    if traffic == "every-task":
+        return templates_for(task_set, inputs)
+    return [{"tasks": [t], "inputs": inputs[t]} for pair in (False, True)
+            for t in task_set if ("text_pair" in inputs[t][0]) == pair]
 
 
 def window(url: str, tmpl: list[dict], args) -> dict:
