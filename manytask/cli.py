@@ -213,6 +213,11 @@ def ensemble(
     typer.echo(results_table(result, {s.name: s for s in ens.specs()}, label=f"dev, ensemble ({mode})"))
     for member, value in result["members"].items():
         typer.echo(f"member {member}: {100 * value:.1f}")
+    for member, per in result.get("versus_members", {}).items():
+        for split, v in per.items():
+            typer.echo(f"ensemble vs {member} ({split}): accuracy {v['accuracy_diff']:+.1f} points; only the ensemble "
+                       f"right on {v['only_ensemble_right']}, only the member on {v['only_member_right']}; McNemar "
+                       f"exact p={v['p']:.3f}, Holm over members {v['p_holm']:.3f}")
     typer.echo(f"ensemble: {out / 'ensemble.json'}, {out / 'eval.json'}")
 
 

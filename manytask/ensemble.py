@@ -20,6 +20,7 @@ import numpy as np
 from manytask.config import ConfigError
 from manytask.data.loading import load_tasks
 from manytask.evaluation.predict import Predictions, score, summarize
+from manytask.evaluation.stats import holm, mcnemar_exact
 from manytask.runs import Run
 from manytask.training.checkpoint import atomic_write_json
 
@@ -109,24 +110,44 @@ class Ensemble:
     def evaluate(self, which: str = "best") -> dict:
         """Dev metrics of the ensemble and of each member, on the members' shared evaluation sets."""
         data = next(d for d in load_tasks(self.cfg, with_train=False)[0] if d.name == self.task)
-        results, members = {}, {}
+        results, members, versus = {}, {}, {}
         for split, examples in data.evals.items():
             if not _shared(split):
                 continue
             per_member = [m.predict_examples(data.spec, examples, which) for m in self.members]
             feats = _gold(data.spec, examples)
-            results[split] = score(data.spec, combine(data.spec, per_member, self.mode, self.weights), feats,
-                                   data.eval_titles[split])
+            combined = combine(data.spec, per_member, self.mode, self.weights)
+            results[split] = score(data.spec, combined, feats, data.eval_titles[split])
             for m, p in zip(self.members, per_member):
                 members.setdefault(str(m.path), {})[split] = score(data.spec, p, feats, data.eval_titles[split])
+                if data.spec.kind == "classification":
+                    versus.setdefault(str(m.path), {})[split] = _versus(combined, p, feats.labels)
         titles = {s: t for s, t in data.eval_titles.items() if _shared(s)}
         out = {**summarize({self.task: results}, {self.task: data.spec}), "titles": {self.task: titles},
                "checkpoint": which, "skipped": [], "mode": self.mode,
                "members": {k: summarize({self.task: v}, {self.task: data.spec})["primary"][self.task]
                            for k, v in members.items()},
-               "members_heldout": {str(m.path): _heldout(m, self.task) for m in self.members}}
+               "members_heldout": {str(m.path): _heldout(m, self.task) for m in self.members},
+               "versus_members": _holm_over(versus)}
         atomic_write_json(self.path / "eval.json", out)
         return out
+
+
+def _versus(ensemble: Predictions, member: Predictions, gold) -> dict:
+    """The ensemble against one member on one evaluation set: accuracy difference and McNemar's exact test."""
+    gold = np.asarray(gold).astype(int)
+    ens_ok, mem_ok = np.asarray(ensemble.values) == gold, np.asarray(member.values) == gold
+    only_ens, only_member, p = mcnemar_exact(ens_ok, mem_ok)
+    return {"accuracy_diff": 100 * float(ens_ok.mean() - mem_ok.mean()), "only_ensemble_right": only_ens,
+            "only_member_right": only_member, "p": p}
+
+
+def _holm_over(versus: dict) -> dict:
+    """Holm–Bonferroni over the ensemble-vs-member tests (every member and evaluation set)."""
+    keys = [(m, s) for m, per in versus.items() for s in per]
+    for (m, s), q in zip(keys, holm([versus[m][s]["p"] for m, s in keys])):
+        versus[m][s]["p_holm"] = q
+    return versus
 
 
 def _heldout(run: Run, task: str) -> dict:

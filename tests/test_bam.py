@@ -393,3 +393,39 @@ def test_report_medians_differences_and_p_values_by_hand(tmp_path):
 
     md = markdown(rep)
     assert "| S→M vs S→M (λ=0) | annealing ablation |" in md and "**holds** on the medians" in md
+
+
+def test_report_does_not_compare_the_avg_of_recipes_that_scored_other_tasks(tmp_path):
+    """A fine-tuned RTE-only recipe's Avg is its RTE score: against Multi's mean of two tasks it means nothing,
+    so the report neither shows that difference nor counts it as a test in Holm's family."""
+    from manytask.distill.recipes import dump_study
+    from manytask.report.bam import build, markdown
+
+    out = _hand_study(tmp_path)
+    cfg = load_study(out / "study.yaml", saved=True)
+    rte_only = {1: 0.58, 2: 0.60, 3: 0.57, 4: 0.59}
+    data = cfg.model_dump()
+    data["recipes"].append({"name": "Multi+FT", "student": "finetune", "init": "Multi", "only": ["rte"]})
+    data["comparisons"] = [["Multi+FT", "Multi"]]
+    cfg = load_study.__globals__["StudyConfig"].model_validate(data)
+    (out / "study.yaml").write_text(dump_study(cfg))
+    r = next(x for x in cfg.recipes if x.name == "Multi+FT")
+    for seed, b in rte_only.items():
+        d = recipe_dir(out, seed, r)
+        d.mkdir(parents=True)
+        (d / "scores.json").write_text(json.dumps({"tasks": {"rte": {"dev": {"accuracy": b}}}, "primary": {"rte": b},
+                                                   "average": b, "runs": {}, "recipe": r.name, "seed": seed}))
+    rep = build(out)
+    c = next(x for x in rep["comparisons"] if (x["recipe"], x["baseline"]) == ("Multi+FT", "Multi"))
+    assert not c["same_tasks"]
+    assert c["diff"]["rte"] == pytest.approx(100 * (sum(rte_only.values()) / 4 - (0.55 + 0.57 + 0.53 + 0.56) / 4))
+    assert math.isnan(c["diff"]["Avg"]) and math.isnan(c["p"]["Avg"]) and math.isnan(c["median_diff"]["Avg"])
+    same = next(x for x in rep["comparisons"] if (x["recipe"], x["baseline"]) == ("S→M", "Multi"))
+    assert same["same_tasks"] and not math.isnan(same["diff"]["Avg"])
+    # Holm's family: every test with a p-value; the left-out Avg is not one of them
+    ps = [x["p"][k] for x in rep["comparisons"] for k in rep["columns"] if not math.isnan(x["p"][k])]
+    smallest = min(ps)
+    q = min(x["p_holm"][k] for x in rep["comparisons"] for k in rep["columns"] if x["p"][k] == smallest)
+    assert q == pytest.approx(min(1.0, len(ps) * smallest))
+    line = next(l for l in markdown(rep).splitlines() if l.startswith("| Multi+FT vs Multi |"))
+    assert line.rstrip().endswith("| — | — |")  # Avg and Δ median Avg

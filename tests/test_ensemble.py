@@ -40,6 +40,21 @@ def test_combining_by_hand():
     assert combine(STSB, scores, "weighted", [1, 3]).values.tolist() == [2.5]
 
 
+def test_mcnemar_exact_by_hand():
+    from manytask.evaluation.stats import mcnemar_exact
+
+    # 10 examples where only a is right, 2 where only b is, 5 both, 3 neither:
+    # two-sided exact binomial p = 2 * P(X <= 2 | n=12, 1/2) = 2 * (1 + 12 + 66) / 4096
+    a = [True] * 10 + [False] * 2 + [True] * 5 + [False] * 3
+    b = [False] * 10 + [True] * 2 + [True] * 5 + [False] * 3
+    assert mcnemar_exact(a, b) == (10, 2, pytest.approx(2 * 79 / 4096))
+    assert mcnemar_exact(b, a)[:2] == (2, 10)
+    only_agreement = mcnemar_exact([True, False], [True, False])
+    assert only_agreement[:2] == (0, 0) and np.isnan(only_agreement[2])
+    with pytest.raises(ValueError, match="same examples"):
+        mcnemar_exact([True], [True, False])
+
+
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     from tests.conftest import TINY, write_mini_glue
@@ -60,7 +75,7 @@ def test_the_ensemble_scores_the_mean_of_its_members(members, tmp_path):
     res = runner.invoke(cli_app,
                         ["ensemble", *map(str, runs), "--task", "sst2", "--out", str(tmp_path / "e")])
     assert res.exit_code == 0, res.output
-    assert res.output.count("member ") == 3 and "ensemble (mean)" in res.output
+    assert sum(l.startswith("member ") for l in res.output.splitlines()) == 3 and "ensemble (mean)" in res.output
     ens = Ensemble(tmp_path / "e")
     from manytask.data.loading import load_tasks
 
@@ -70,6 +85,17 @@ def test_the_ensemble_scores_the_mean_of_its_members(members, tmp_path):
     saved = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert saved["primary"]["sst2"] == pytest.approx(float((probs.argmax(-1) == gold).mean()))
     assert set(saved["members"]) == {str(Run.open(r).path) for r in runs}
+    # the ensemble against each member, example by example (McNemar), Holm over the members
+    for r in runs:
+        mine = Run.open(r).predict_examples(data.spec, data.evals["dev"]).values == gold
+        v = saved["versus_members"][str(Run.open(r).path)]["dev"]
+        ens_ok = probs.argmax(-1) == gold
+        assert v["only_ensemble_right"] == int((ens_ok & ~mine).sum())
+        assert v["only_member_right"] == int((~ens_ok & mine).sum())
+        assert v["accuracy_diff"] == pytest.approx(100 * (ens_ok.mean() - mine.mean()))
+        assert np.isnan(v["p"]) or v["p_holm"] >= v["p"]
+    assert "McNemar exact p=" in res.output or all(
+        np.isnan(v["dev"]["p"]) for v in saved["versus_members"].values())
     # predict and submit take the ensemble like a run
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"sentence": "good fine"}\n')

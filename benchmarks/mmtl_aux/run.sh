@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Auxiliary POS supervision and a tagging task in the multi-task model: `bash benchmarks/mmtl_aux/run.sh`
-# (background it: ~1.5 h on a 2-core CPU). Re-running resumes. Results go to benchmarks/results/mmtl_aux/.
+# (background it; it prints its wall seconds). Re-running resumes. Results go to benchmarks/results/mmtl_aux/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export MANYTASK_GLUE_DIR="${MANYTASK_GLUE_DIR:-../shared/glue}"

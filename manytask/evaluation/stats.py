@@ -67,3 +67,21 @@ def holm(pvalues: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out.tolist()
+
+
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> tuple[int, int, float]:
+    """Two classifiers on the same examples: (examples only a gets right, only b gets right, exact p).
+
+    Why McNemar: an ensemble is one model, not a sample over seeds, so it is compared with each member
+    example by example. Under "equally accurate" the discordant examples split 50/50; the exact two-sided
+    binomial p-value on that split. p is nan when no example is discordant.
+    """
+    a, b = np.asarray(a_correct, dtype=bool), np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"McNemar needs the same examples on both sides ({len(a)} vs {len(b)})")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return only_a, only_b, math.nan
+    from scipy.stats import binomtest
+
+    return only_a, only_b, float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
