@@ -429,3 +429,31 @@ def test_report_does_not_compare_the_avg_of_recipes_that_scored_other_tasks(tmp_
     assert q == pytest.approx(min(1.0, len(ps) * smallest))
     line = next(l for l in markdown(rep).splitlines() if l.startswith("| Multi+FT vs Multi |"))
     assert line.rstrip().endswith("| — | — |")  # Avg and Δ median Avg
+
+
+def test_report_compares_recipes_on_each_slice_by_hand(tmp_path):
+    """The report's comparisons repeated on each slice: mean paired difference, t-test, Holm over the slice table."""
+    from manytask.report.bam import build, markdown
+    from scipy.stats import t as student_t
+
+    out = _hand_study(tmp_path)
+    cfg = load_study(out / "study.yaml", saved=True)
+    pronoun = {"Multi": {1: 0.50, 2: 0.55, 3: 0.52, 4: 0.50}, "S→M": {1: 0.52, 2: 0.58, 3: 0.54, 4: 0.53}}
+    for name, per_seed in pronoun.items():
+        for seed, v in per_seed.items():
+            p = recipe_dir(out, seed, cfg.recipe(name)) / "scores.json"
+            s = json.loads(p.read_text())
+            s["tasks"]["rte"]["dev"]["slices"] = {"pronoun": {"n": 40, "accuracy": v}, "tiny": {"n": 7, "accuracy": v}}
+            p.write_text(json.dumps(s))
+    rep = build(out)
+    rows = {(r["recipe"], r["baseline"], r["slice"]): r for r in rep["slice_comparisons"]}
+    assert set(rows) == {("S→M", "Multi", "pronoun"), ("S→M", "Multi", "tiny")}  # only recipes that scored it
+    d = [2.0, 3.0, 2.0, 3.0]
+    mean = sum(d) / 4
+    sd = (sum((x - mean) ** 2 for x in d) / 3) ** 0.5
+    p = 2 * student_t.sf(mean / (sd / 2), 3)
+    r = rows[("S→M", "Multi", "pronoun")]
+    assert r["diff"] == pytest.approx(2.5) and r["p"] == pytest.approx(p, rel=1e-6) and r["n"] == 40
+    assert r["p_holm"] == pytest.approx(min(1.0, 2 * p))  # two slice tests in this table's family
+    md = markdown(rep)
+    assert "## Slices: paired comparisons" in md and "| S→M vs Multi | rte | tiny | 7 ⚠ | +2.5 |" in md

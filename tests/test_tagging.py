@@ -199,3 +199,28 @@ def test_a_tagging_task_goes_into_a_bundle_and_is_served(tagging_run, tmp_path):
                    encode([Example("y", text, None, None, "1")], next(s for s in run.specs() if s.name == "sst2"),
                           run.tokenizer(), 32), 8, 0)
     assert got["sst2"]["probs"]["1"] == pytest.approx(float(sst2.probs[0][1]), abs=1e-5)
+
+
+def test_a_study_scores_a_tagging_task_whose_tag_set_comes_from_its_file(mini_glue, tmp_path):
+    """A study's Single and Multi recipes with a tagging task that declares no labels: the scores and the
+    report take its metrics from the trained runs (entity F1 for a BIO set), not from the bare config."""
+    from manytask.distill.recipes import StudyConfig
+    from manytask.distill.study import recipe_dir, run_study
+    from manytask.report.bam import write_report
+    from tests.conftest import TINY
+
+    cfg = StudyConfig.model_validate({
+        "name": "tagged", "seeds": [1], "glue_dir": str(mini_glue),
+        "tasks": [conll_task(tmp_path), {"name": "sst2", "max_train": 16}], "model": dict(TINY),
+        "single": {"batch_size": 8, "steps": 2, "progress": False},
+        "multi": {"batch_size": 8, "steps": 2, "progress": False},
+        "recipes": [{"name": "Single", "student": "single", "only": ["ner"]}, {"name": "Multi", "student": "multi"}],
+        "baselines": ["Single"]})
+    out = tmp_path / "study"
+    run_study(cfg, out)
+    for r in ("Single", "Multi"):
+        scores = json.loads((recipe_dir(out, 1, cfg.recipe(r)) / "scores.json").read_text())
+        assert scores["primary_metric"]["ner"] == "entity_f1"
+        assert scores["primary"]["ner"] == pytest.approx(scores["tasks"]["ner"]["dev"]["entity_f1"])
+    rep = write_report(out)
+    assert rep["primary"]["ner"] == "entity_f1" and rep["primary"]["sst2"] == "accuracy"

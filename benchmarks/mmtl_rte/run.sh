@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MeTaL RTE ladder: `bash benchmarks/mmtl_rte/run.sh` (background it: ~2.5 h on a 2-core CPU).
+# The MeTaL RTE ladder: `bash benchmarks/mmtl_rte/run.sh` (background it; it prints its wall seconds).
 # Re-running resumes finished stages. The study report and the ensemble go to benchmarks/results/mmtl_rte/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,4 +13,5 @@ start=$(date +%s)
 echo "wall seconds: $(( $(date +%s) - start ))"
 dest=benchmarks/results/mmtl_rte
 mkdir -p "$dest"
-cp "$OUT/report.md" "$OUT/report.json" "$OUT"/*.png "$OUT/ensemble.txt" "$OUT/ensemble/eval.json" "$dest/"
+cp "$OUT/report.md" "$OUT/report.json" "$OUT"/*.png "$OUT/ensemble.txt" "$dest/"
+cp "$OUT/ensemble/eval.json" "$dest/ensemble_eval.json"

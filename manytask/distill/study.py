@@ -20,7 +20,7 @@ from manytask.data.loading import MissingData, load_tasks
 from manytask.distill.recipes import Recipe, StudyConfig, dump_study, load_study, order
 from manytask.distill.teacher import write_targets
 from manytask.evaluation.predict import summarize
-from manytask.runs import train_run
+from manytask.runs import Run, train_run
 from manytask.training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Study:
         tasks = [t for t in self.tasks if recipe.only is None or t in recipe.only]
         dirs = run_dirs(self.out, seed, recipe, tasks)
         groups = [tasks] if recipe.student == "multi" else [[t] for t in tasks]
-        results, finals = {}, {}
+        results, finals, specs = {}, {}, {}
         for names in groups:
             cfg = self._base_config(seed, self.entries(names, recipe.slice_mode, recipe.auxiliary), train)
             cfg.distill = distill
@@ -97,11 +97,14 @@ class Study:
                 cfg.train.evals = self.cfg.trace_evals
             run_dir = dirs[names[0]]
             summary = train_run(cfg, run_dir, resume=(run_dir / "config.yaml").exists())
+            # the run's own specs: a tagging task's tag set (and so its metrics) is known once it trained
+            trained = {sp.name: sp for sp in Run.open(run_dir).specs()}
             for n in names:
                 results[n] = summary["final"]["tasks"][n]
                 finals[n] = str(run_dir.relative_to(self.out))
-        specs = {e.name: e.resolve(Path.cwd()) for e in self.entries(tasks)}
-        scores = {**summarize(results, specs), "runs": finals, "recipe": recipe.name, "seed": seed}
+                specs[n] = trained[n]
+        scores = {**summarize(results, specs), "primary_metric": {n: sp.primary for n, sp in specs.items()},
+                  "runs": finals, "recipe": recipe.name, "seed": seed}
         atomic_write_json(done, scores)
         return scores
 

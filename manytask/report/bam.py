@@ -89,12 +89,27 @@ def build(out: Path) -> dict:
                             "p": {c: tests.get(c, nan)[1] for c in columns}})
     _adjust(comparisons, columns, cfg.holm_family)
     headline = _headline(cfg, rows, comparisons)
-    primary = {e.name: e.resolve(Path.cwd()).primary for e in cfg.tasks if e.name in tasks}
+    primary = _primary_metrics(cfg, scores, tasks)
     slices = _slice_rows(cfg, scores, primary)
+    slice_comparisons = _slice_comparisons(comparisons, scores, primary)
     return {"study": cfg.name, "out": str(out), "tasks": tasks, "columns": columns, "rows": rows, "primary": primary,
             "comparisons": comparisons, "holm_family": cfg.holm_family, "headline": headline, "data": data,
-            "slices": slices,
+            "slices": slices, "slice_comparisons": slice_comparisons,
             "encoder": _encoder(cfg), "seeds": cfg.seeds, "titles": {t: _title(data.get(t), t) for t in tasks}}
+
+
+def _primary_metrics(cfg: StudyConfig, scores: dict, tasks: list[str]) -> dict[str, str]:
+    """Each task's primary metric, as its runs recorded it (a tagging task's depends on the tag set it read
+    from its training file); from the config for stages written before scores carried it."""
+    found = {}
+    for per in scores.values():
+        for s in per.values():
+            for t, m in s.get("primary_metric", {}).items():
+                found.setdefault(t, m)
+    for e in cfg.tasks:
+        if e.name in tasks and e.name not in found:
+            found[e.name] = e.resolve(Path.cwd()).primary
+    return {t: found[t] for t in tasks}
 
 
 def scored_tasks(per_seed: dict) -> frozenset:
@@ -106,18 +121,41 @@ def _slice_rows(cfg: StudyConfig, scores: dict, primary: dict) -> list[dict]:
     """Per recipe, task and slice: the median over seeds of the task's primary metric on the slice's members."""
     rows = []
     for r in cfg.recipes:
-        per = scores.get(r.name, {})
-        found: dict[tuple[str, str, str], list] = {}
-        for s in sorted(per):
-            for task, splits in per[s]["tasks"].items():
-                for split, metrics in splits.items():
-                    for name, m in metrics.get("slices", {}).items():
-                        value = m.get(primary.get(task, ""))
-                        found.setdefault((task, split, name), []).append((m["n"], math.nan if value is None else 100 * value))
-        for (task, split, name), values in found.items():
+        for (task, split, name), per_seed in _slice_values(scores.get(r.name, {}), primary).items():
+            values = [per_seed[s] for s in sorted(per_seed)]
             st = spread([v for _, v in values])
             rows.append({"recipe": r.name, "task": task, "split": split, "slice": name, "n": values[0][0],
                          "median": st.median, "half_range": st.half_range, "seeds": len(values)})
+    return rows
+
+
+def _slice_values(per_seed: dict, primary: dict) -> dict[tuple[str, str, str], dict[int, tuple[int, float]]]:
+    """(task, split, slice) -> seed -> (slice size, the task's primary metric x100 on the slice's members)."""
+    found: dict[tuple[str, str, str], dict[int, tuple[int, float]]] = {}
+    for seed, s in per_seed.items():
+        for task, splits in s["tasks"].items():
+            for split, metrics in splits.items():
+                for name, m in metrics.get("slices", {}).items():
+                    value = m.get(primary.get(task, ""))
+                    found.setdefault((task, split, name), {})[seed] = (m["n"], math.nan if value is None else 100 * value)
+    return found
+
+
+def _slice_comparisons(comparisons: list[dict], scores: dict, primary: dict) -> list[dict]:
+    """The report's comparisons on each slice both recipes scored: mean paired difference over seeds and
+    the paired t-test, Holm–Bonferroni over this table (a family of its own: slices are read apart from
+    the task scores, and their few members make each test weak)."""
+    rows = []
+    for c in comparisons:
+        a, b = _slice_values(scores[c["recipe"]], primary), _slice_values(scores[c["baseline"]], primary)
+        for key in sorted(set(a) & set(b)):
+            seeds = sorted(set(a[key]) & set(b[key]))
+            diff, p = paired_test([a[key][s][1] for s in seeds], [b[key][s][1] for s in seeds])
+            task, split, name = key
+            rows.append({"recipe": c["recipe"], "baseline": c["baseline"], "task": task, "split": split,
+                         "slice": name, "n": a[key][seeds[0]][0] if seeds else 0, "seeds": seeds, "diff": diff, "p": p})
+    for r, q in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = q
     return rows
 
 
@@ -272,6 +310,15 @@ def markdown(rep: dict) -> str:
             flag = " ⚠" if r["n"] < 30 else ""
             lines.append(f"| {r['recipe']} | {rep['titles'].get(r['task'], r['task'])} | {r['slice']} | {r['n']}{flag} | "
                          f"{_fmt(r['median'])} ±{_fmt(r['half_range'])} |")
+    if rep.get("slice_comparisons"):
+        lines += ["", "## Slices: paired comparisons", "", "The comparisons above on each slice both recipes scored: "
+                  "the mean over paired seeds of (recipe − other) on the slice, in points, and the paired t-test "
+                  "p-value after Holm–Bonferroni over this table (* p < 0.05; n/a: fewer than two seeds).", "",
+                  "| recipe vs other | task | slice | n | mean paired Δ | p (Holm) |", "|---|---|---|---|---|---|"]
+        for r in rep["slice_comparisons"]:
+            flag = " ⚠" if r["n"] < 30 else ""
+            lines.append(f"| {r['recipe']} vs {r['baseline']} | {rep['titles'].get(r['task'], r['task'])} | "
+                         f"{r['slice']} | {r['n']}{flag} | {_signed(r['diff'])} | {_p(r['p_holm'])} |")
     lines += ["", "## Data and encoder", "", f"Encoder: {rep['encoder']}.", "",
               "| task | train examples (of) | eval sets | files (sha256, first 12) |", "|---|---|---|---|"]
     for t in rep["tasks"]:
