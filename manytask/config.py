@@ -466,11 +466,11 @@ def load_config(path: Union[str, Path, None] = None, overrides: Optional[list[st
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"{source}: {first_error(e)}") from None
-    _absolutize_user_files(cfg, Path.cwd())
+    absolutize_user_files(cfg, Path.cwd())
     return cfg
 
 
-def _absolutize_user_files(cfg: RunConfig, base: Path) -> None:
+def absolutize_user_files(cfg: RunConfig, base: Path) -> None:
     """User task files are relative to the working directory; a saved run must not depend on it."""
     if cfg.distill is not None:
         cfg.distill.targets = str((base / cfg.distill.targets).resolve())

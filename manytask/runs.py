@@ -13,7 +13,7 @@ from typing import Optional
 
 from safetensors.torch import load_file
 
-from manytask.config import ConfigError, RunConfig, dump_config, load_config
+from manytask.config import ConfigError, RunConfig, absolutize_user_files, dump_config, load_config
 from manytask.data.features import Features, encode
 from manytask.data.loading import TaskData, load_tasks
 from manytask.evaluation.predict import evaluate_task, summarize
@@ -163,6 +163,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
     ``stop_at``, stop after that step with a checkpoint to resume from (``{"stopped": step}``)."""
     out = Path(out)
     saved = out / "config.yaml"
+    absolutize_user_files(cfg, Path.cwd())  # as load_config does: a config built in code (a study's) too
     distributed.init(resolve_device(cfg.train.device))  # under torchrun: join the other ranks first
     if saved.exists() and not resume:
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")

@@ -201,17 +201,20 @@ def test_a_tagging_task_goes_into_a_bundle_and_is_served(tagging_run, tmp_path):
     assert got["sst2"]["probs"]["1"] == pytest.approx(float(sst2.probs[0][1]), abs=1e-5)
 
 
-def test_a_study_scores_a_tagging_task_whose_tag_set_comes_from_its_file(mini_glue, tmp_path):
-    """A study's Single and Multi recipes with a tagging task that declares no labels: the scores and the
-    report take its metrics from the trained runs (entity F1 for a BIO set), not from the bare config."""
+def test_a_study_scores_a_tagging_task_whose_tag_set_comes_from_its_file(mini_glue, tmp_path, monkeypatch):
+    """A study's Single and Multi recipes with a tagging task that declares no labels and names its files
+    relative to the working directory: the scores and the report take its metrics from the trained runs
+    (entity F1 for a BIO set), not from the bare config, and an interrupted stage resumes."""
     from manytask.distill.recipes import StudyConfig
     from manytask.distill.study import recipe_dir, run_study
     from manytask.report.bam import write_report
     from tests.conftest import TINY
 
+    monkeypatch.chdir(tmp_path)
+    entry = {**conll_task(tmp_path), "train": "train.conll", "dev": "dev.conll"}
     cfg = StudyConfig.model_validate({
         "name": "tagged", "seeds": [1], "glue_dir": str(mini_glue),
-        "tasks": [conll_task(tmp_path), {"name": "sst2", "max_train": 16}], "model": dict(TINY),
+        "tasks": [entry, {"name": "sst2", "max_train": 16}], "model": dict(TINY),
         "single": {"batch_size": 8, "steps": 2, "progress": False},
         "multi": {"batch_size": 8, "steps": 2, "progress": False},
         "recipes": [{"name": "Single", "student": "single", "only": ["ner"]}, {"name": "Multi", "student": "multi"}],
@@ -224,3 +227,9 @@ def test_a_study_scores_a_tagging_task_whose_tag_set_comes_from_its_file(mini_gl
         assert scores["primary"]["ner"] == pytest.approx(scores["tasks"]["ner"]["dev"]["entity_f1"])
     rep = write_report(out)
     assert rep["primary"]["ner"] == "entity_f1" and rep["primary"]["sst2"] == "accuracy"
+    # a stage whose scores were never written (killed after training) resumes its run with the same config
+    done = recipe_dir(out, 1, cfg.recipe("Single")) / "scores.json"
+    before = json.loads(done.read_text())
+    done.unlink()
+    run_study(cfg, out)
+    assert json.loads(done.read_text())["primary"] == before["primary"]
