@@ -18,6 +18,7 @@ from manytask.evaluation.stats import holm, paired_test, spread
 from manytask.training.checkpoint import atomic_write_json, atomic_write_text
 
 AVG = "Avg"
+SMALL_SLICE = 30  # members: a slice score over fewer moves by several points per example
 
 
 def collect(out: Path, cfg: StudyConfig) -> dict:
@@ -257,6 +258,12 @@ def _p(p: float) -> str:
     return f"{p:.3f}" + ("*" if p < 0.05 else "")
 
 
+def _slice_cells(rep: dict, r: dict) -> str:
+    """task | slice | n cells of a slice row; ⚠ marks a slice too small to read."""
+    flag = " ⚠" if r["n"] < SMALL_SLICE else ""
+    return f"{rep['titles'].get(r['task'], r['task'])} | {r['slice']} | {r['n']}{flag}"
+
+
 def markdown(rep: dict) -> str:
     cols = rep["columns"]
     heads = [rep["titles"].get(c, c) for c in cols]
@@ -304,21 +311,18 @@ def markdown(rep: dict) -> str:
                              f"{_p(t['p'])} | {_p(t['p_holm'])} |")
     if rep.get("slices"):
         lines += ["", "## Slices", "", "The task's primary metric on each slice's members, median over seeds ± half the "
-                  "range; n: the slice's size (under 30: too small to read).", "",
+                  f"range; n: the slice's size (under {SMALL_SLICE}: too small to read).", "",
                   "| recipe | task | slice | n | score |", "|---|---|---|---|---|"]
         for r in rep["slices"]:
-            flag = " ⚠" if r["n"] < 30 else ""
-            lines.append(f"| {r['recipe']} | {rep['titles'].get(r['task'], r['task'])} | {r['slice']} | {r['n']}{flag} | "
-                         f"{_fmt(r['median'])} ±{_fmt(r['half_range'])} |")
+            lines.append(f"| {r['recipe']} | {_slice_cells(rep, r)} | {_fmt(r['median'])} ±{_fmt(r['half_range'])} |")
     if rep.get("slice_comparisons"):
         lines += ["", "## Slices: paired comparisons", "", "The comparisons above on each slice both recipes scored: "
                   "the mean over paired seeds of (recipe − other) on the slice, in points, and the paired t-test "
                   "p-value after Holm–Bonferroni over this table (* p < 0.05; n/a: fewer than two seeds).", "",
                   "| recipe vs other | task | slice | n | mean paired Δ | p (Holm) |", "|---|---|---|---|---|---|"]
         for r in rep["slice_comparisons"]:
-            flag = " ⚠" if r["n"] < 30 else ""
-            lines.append(f"| {r['recipe']} vs {r['baseline']} | {rep['titles'].get(r['task'], r['task'])} | "
-                         f"{r['slice']} | {r['n']}{flag} | {_signed(r['diff'])} | {_p(r['p_holm'])} |")
+            lines.append(f"| {r['recipe']} vs {r['baseline']} | {_slice_cells(rep, r)} | {_signed(r['diff'])} | "
+                         f"{_p(r['p_holm'])} |")
     lines += ["", "## Data and encoder", "", f"Encoder: {rep['encoder']}.", "",
               "| task | train examples (of) | eval sets | files (sha256, first 12) |", "|---|---|---|---|"]
     for t in rep["tasks"]:
