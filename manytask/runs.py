@@ -1,114 +1,55 @@
 """A run is a directory: resolved config, encoder files, data summary, metrics log, checkpoints, results.
 
-``train_run`` makes one (or resumes it); ``Run`` reopens it for eval, predict and submit.
+``train_run`` makes one (or resumes it): it is where data, model, objectives and trainer are put together.
+``Run`` reopens a run to score it and predict with it (``models.rundir.RunDir`` reads it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from safetensors.torch import load_file
-
-from manytask.config import ConfigError, RunConfig, absolutize_user_files, dump_config, load_config
-from manytask.data.features import Features, encode
+from manytask import runtime
+from manytask.config import ConfigError, DistillConfig, RunConfig, absolutize_user_files, dump_config, load_config
+from manytask.data.features import encode
 from manytask.data.loading import TaskData, load_tasks
-from manytask.evaluation.predict import evaluate_task, summarize
-from manytask.models.encoder import encoder_from_dir, load_encoder, load_tokenizer, save_encoder_files
-from manytask.models.multitask import MultiTaskModel
-from manytask.training.checkpoint import CheckpointDir, atomic_write_json, atomic_write_text, load_weights
-from manytask.training import distributed
-from manytask.training.devices import resolve_device
-from manytask.training.trainer import TaskFeatures, Trainer, default_loss, seed_everything
+from manytask.data.slices import membership
+from manytask.encoders.loading import load_tokenizer, save_encoder_files
+from manytask.evaluation.scoring import evaluate_data, predict, summarize
+from manytask.io import atomic_write_json, atomic_write_text
+from manytask.kinds import kind_of
+from manytask.models.build import build_model, init_weights, initial_model  # noqa: F401 (how a run's model is made)
+from manytask.models.rundir import RunDir
+from manytask.records import IGNORE, Predictions
+from manytask.training.objectives import TaskObjectives, task_objectives
+from manytask.training.trainer import TaskFeatures, Trainer
 
 log = logging.getLogger(__name__)
 
-
-def build_model(cfg: RunConfig, specs, encoder) -> MultiTaskModel:
-    model = MultiTaskModel(
-        encoder, specs, {t.name: t.branch_layers for t in cfg.tasks}, pooling=cfg.model.pooling, dropout=cfg.model.dropout,
-        split_depth={t.name: t.split_depth for t in cfg.tasks if t.split_depth is not None},
-    )
-    for t in cfg.tasks:
-        if t.name not in model.specs:
-            continue  # a task absent from the data (skipped GLUE task)
-        for a in t.auxiliary:
-            if a.labels:
-                model.add_aux(t.name, a.name, len(a.labels), cfg.model.dropout)
-        if t.slices is not None and t.slices.mode == "heads":
-            for fn in t.slices.functions:
-                model.add_slice_head(t.name, fn.name, cfg.model.dropout)
-        elif t.slices is not None and t.slices.mode == "sbl":
-            model.use_sbl_head(t.name, 1 + len(t.slices.functions), cfg.model.dropout)
-    if cfg.model.freeze_trunk:
-        model.freeze_trunk()
-    return model
+ObjectiveFactory = Callable[..., TaskObjectives]  # (spec, entry, train features, distill config) -> objectives
 
 
-def init_weights(model: MultiTaskModel, source: Path, tasks: list[str], which: str = "last") -> Path:
-    """Start from another run's weights: its last checkpoint (the trained model, as BAM and MeTaL
-    fine-tune it), or with ``which="best"`` the checkpoint that was best on dev for the one task
-    being trained. Every parameter of ``model`` must be found there with the same shape."""
-    ckpt = CheckpointDir(source / "checkpoints")
-    if which == "best":
-        best = ckpt.best()
-        if len(tasks) != 1 or tasks[0] not in best:
-            raise ConfigError(f"model.init_checkpoint: best needs one task that {source} was scored on "
-                              f"(tasks {tasks}; {source} has best checkpoints for {sorted(best)})")
-        weights = ckpt.root / best[tasks[0]]["weights"]
-    elif ckpt.last() is not None:
-        weights = ckpt.root / ckpt.last()["weights"]
-    else:
-        raise FileNotFoundError(f"model.init_from: {source} has no checkpoint")
-    state = load_file(str(weights))
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
-        raise ConfigError(f"model.init_from: {weights} does not fit this model "
-                          f"(missing {missing[:3]}, wrong shape {wrong[:3]})")
-    model.load_state_dict({k: state[k] for k in own})
-    log.info("initialised from %s", weights)
-    return weights
-
-
-def initial_model(cfg: RunConfig, specs=None) -> MultiTaskModel:
-    """The model a run starts training from: the encoder (pretrained, or random), the branches and
-    heads, then ``model.init_from``'s weights where the config names a source run."""
-    specs = specs if specs is not None else [t.resolve(Path.cwd()) for t in cfg.tasks]
-    seed_everything(cfg.seed)
-    model = build_model(cfg, specs, load_encoder(cfg.model))
-    if cfg.model.init_from:
-        init_weights(model, Path(cfg.model.init_from), [s.name for s in specs], cfg.model.init_checkpoint)
-    return model
-
-
-def featurize(data: list[TaskData], tokenizer, max_len: int) -> list[TaskFeatures]:
+def featurize(data: list[TaskData], tokenizer, max_len: int, distill: Optional[DistillConfig] = None,
+              objectives: ObjectiveFactory = task_objectives) -> list[TaskFeatures]:
+    """Each task's training and evaluation features (with slice membership) and its objectives."""
     out = []
     for d in data:
-        f = TaskFeatures(spec=d.spec, train=encode(d.train, d.spec, tokenizer, max_len),
-                         evals={s: encode(ex, d.spec, tokenizer, max_len) for s, ex in d.evals.items()},
-                         eval_titles=d.eval_titles, loss_weight=d.entry.loss_weight)
-        if d.entry.slices is not None:
-            add_slices(d.entry.slices, d, f)
-        out.append(f)
+        kind = kind_of(d.spec)
+        slices = d.entry.slices
+        if slices is not None and slices.mode != "eval" and not kind.sliceable:
+            raise ConfigError(f"task {d.name!r}: slice {slices.mode} training needs a per-example loss; "
+                              f"{d.spec.kind} slices are scored only (mode: eval)")
+        train = encode(d.train, d.spec, tokenizer, max_len)
+        evals = {s: encode(ex, d.spec, tokenizer, max_len) for s, ex in d.evals.items()}
+        if slices is not None:  # applied once per example (by id and text)
+            train.slices = membership(slices, d.train) if d.train else {}
+            for split, examples in d.evals.items():
+                evals[split].slices = membership(slices, examples)
+        out.append(TaskFeatures(d.spec, train, evals, d.eval_titles, objectives(d.spec, d.entry, train, distill),
+                                d.entry.loss_weight, slices.min_size if slices is not None else TaskFeatures.slice_min))
     return out
-
-
-def add_slices(cfg, data: TaskData, feats: TaskFeatures) -> None:
-    """Slice membership of every example (applied once, by example id), and how the task learns from it."""
-    from manytask.data.slices import membership
-
-    if data.spec.kind == "tagging" and cfg.mode != "eval":
-        raise ConfigError(f"task {data.name!r}: slice {cfg.mode} training is for sentence tasks; tagging slices "
-                          "are scored only (mode: eval)")
-    feats.train.slices = membership(cfg, data.train) if data.train else {}
-    for split, examples in data.evals.items():
-        feats.evals[split].slices = membership(cfg, examples)
-    feats.slice_mode, feats.slice_weight, feats.slice_min = cfg.mode, cfg.weight, cfg.min_size
 
 
 def data_summary(data: list[TaskData], skipped: list[str]) -> dict:
@@ -134,15 +75,15 @@ def data_summary(data: list[TaskData], skipped: list[str]) -> dict:
 def _silver(cfg: RunConfig, data: list[TaskData], tokenizer) -> dict[str, dict[str, list[list[int]]]]:
     """Silver token labels of each task's auxiliary label sets, on its training examples; their label sets
     are written into the config (the model's auxiliary heads are sized by them)."""
-    from manytask.data.features import IGNORE
     from manytask.data.silver import auxiliary_labels, cache_dir
 
     rows: dict[str, dict[str, list[list[int]]]] = {}
     entries = {t.name: t for t in cfg.tasks}
     for d in data:
         for aux in entries[d.name].auxiliary:
-            if d.spec.kind == "tagging":
-                raise ConfigError(f"task {d.name!r}: auxiliary label sets ride on sentence tasks, not tagging tasks")
+            if kind_of(d.spec).word_level:
+                raise ConfigError(f"task {d.name!r}: auxiliary label sets ride on sentence tasks, not "
+                                  f"{d.spec.kind} tasks")
             labels, task_rows, note = auxiliary_labels(d.name, aux, d.train, d.spec.pair, tokenizer,
                                                        cfg.model.max_seq_length, cache_dir(cfg.silver_cache), IGNORE)
             aux.labels = labels
@@ -151,35 +92,41 @@ def _silver(cfg: RunConfig, data: list[TaskData], tokenizer) -> dict[str, dict[s
     return rows
 
 
-def _take_tag_sets(cfg: RunConfig, labels: dict[str, Optional[list[str]]]) -> None:
-    """Tagging tasks whose tag set was read from a file get it written into the config."""
+def _take_label_sets(cfg: RunConfig, labels: dict[str, Optional[list[str]]]) -> None:
+    """User tasks whose label set was read from a file (tagging) get it written into the config."""
     for t in cfg.tasks:
-        if t.kind == "tagging" and t.labels is None and labels.get(t.name):
+        if t.kind is not None and t.labels is None and labels.get(t.name):
             t.labels = list(labels[t.name])
 
 
-def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional[int] = None) -> dict:
+def _check_resumable(cfg: RunConfig, saved: Path, out: Path) -> None:
+    own = load_config(saved, saved=True)
+    _take_label_sets(cfg, {t.name: t.labels for t in own.tasks})
+    for mine, theirs in zip(cfg.tasks, own.tasks):  # auxiliary label sets were read at the first start
+        for a, b in zip(mine.auxiliary, theirs.auxiliary):
+            a.labels = a.labels or b.labels
+    if dump_config(own) != dump_config(cfg):
+        raise ConfigError(f"{out}: the config differs from the run's own ({saved}); resume with that config")
+
+
+def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional[int] = None,
+              objectives: ObjectiveFactory = task_objectives) -> dict:
     """Train into ``out``. With resume, continue the run found there from its last checkpoint; with
-    ``stop_at``, stop after that step with a checkpoint to resume from (``{"stopped": step}``)."""
+    ``stop_at``, stop after that step with a checkpoint to resume from (``{"stopped": step}``). Nothing is
+    written to ``out`` before the data and the encoder have loaded. ``objectives`` builds each task's
+    objectives (a seam for tests and extensions)."""
     out = Path(out)
     saved = out / "config.yaml"
     absolutize_user_files(cfg, Path.cwd())  # as load_config does: a config built in code (a study's) too
-    distributed.init(resolve_device(cfg.train.device))  # under torchrun: join the other ranks first
+    runtime.init(runtime.resolve_device(cfg.train.device))  # under torchrun: join the other ranks first
     if saved.exists() and not resume:
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and saved.exists():
-        own = load_config(saved, saved=True)
-        _take_tag_sets(cfg, {t.name: t.labels for t in own.tasks})
-        for mine, theirs in zip(cfg.tasks, own.tasks):  # auxiliary label sets were read at the first start
-            for a, b in zip(mine.auxiliary, theirs.auxiliary):
-                a.labels = a.labels or b.labels
-        if dump_config(own) != dump_config(cfg):
-            raise ConfigError(f"{out}: the config differs from the run's own ({saved}); resume with that config")
-    distributed.barrier()  # every rank has looked at OUT before rank 0 writes into it
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+        _check_resumable(cfg, saved, out)
+    runtime.barrier()  # every rank has looked at OUT before rank 0 writes into it
+    runtime.seed_everything(cfg.seed)
     data, skipped = load_tasks(cfg)
-    _take_tag_sets(cfg, {d.name: d.spec.labels for d in data})  # saved with the run: eval and serving need them
+    _take_label_sets(cfg, {d.name: d.spec.labels for d in data})  # saved with the run: eval and serving need them
     tokenizer = load_tokenizer(cfg.model.encoder)
     aux_rows = _silver(cfg, data, tokenizer)
     for d in data:
@@ -189,21 +136,16 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
     # a resumed run loads its own checkpoint: no need to read init_from's weights again
     model = initial_model(cfg if not resuming else cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"init_from": None})}), [d.spec for d in data])
-    feats = featurize(data, tokenizer, cfg.model.max_seq_length)
+    feats = featurize(data, tokenizer, cfg.model.max_seq_length, cfg.distill, objectives)
     for f in feats:
         f.train.aux = aux_rows.get(f.spec.name, {})
-        f.aux_weights = {a.name: a.weight for a in next(t for t in cfg.tasks if t.name == f.spec.name).auxiliary}
-    if not saved.exists() and distributed.is_main():
+    if not saved.exists() and runtime.is_main():
+        out.mkdir(parents=True, exist_ok=True)
         save_encoder_files(model.encoder, tokenizer, out / "encoder")
         atomic_write_json(out / "data.json", data_summary(data, skipped))
         atomic_write_text(saved, dump_config(cfg))
-    distributed.barrier()
-    loss_fn = default_loss
-    if cfg.distill is not None:
-        from manytask.distill.teacher import TeacherLoss
-
-        loss_fn = TeacherLoss(cfg.distill, feats)
-    trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id, loss_fn=loss_fn)
+    runtime.barrier()
+    trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id)
     if resume:
         trainer.resume()
     if trainer.step >= trainer.total_steps and (out / "results.json").exists():
@@ -214,87 +156,37 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
         return summary
     summary["titles"] = {d.name: d.eval_titles for d in data}
     summary["skipped"] = skipped
-    if distributed.is_main():
+    if runtime.is_main():
         atomic_write_json(out / "results.json", summary)
-    distributed.barrier()
+    runtime.barrier()
     return summary
 
 
-@dataclass
-class Run:
-    """A trained run, reopened from its directory."""
+class Run(RunDir):
+    """A trained run: scored on its dev sets, and asked for predictions on examples."""
 
-    path: Path
-    cfg: RunConfig
-
-    @classmethod
-    def open(cls, path: Path) -> "Run":
-        path = Path(path)
-        if not (path / "config.yaml").exists():
-            raise FileNotFoundError(f"{path} is not a manytask run (no config.yaml)")
-        if not (path / "checkpoints" / "best.json").exists() and not (path / "checkpoints" / "last.json").exists():
-            raise FileNotFoundError(f"{path}: the run has no checkpoint yet")
-        return cls(path, load_config(path / "config.yaml", saved=True))
-
-    def tokenizer(self):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(self.path / "encoder"))
-
-    def specs(self):
-        trained = json.loads((self.path / "data.json").read_text())["tasks"]
-        specs = [t.resolve(Path.cwd()) for t in self.cfg.tasks]
-        return [s for s in specs if s.name in trained]
-
-    def model_for(self, task: Optional[str] = None, which: str = "best") -> MultiTaskModel:
-        """The model with the weights that were best for ``task`` (or the last weights)."""
-        ckpt = CheckpointDir(self.path / "checkpoints")
-        weights = None
-        if which == "best" and task is not None and task in ckpt.best():
-            weights = ckpt.root / ckpt.best()[task]["weights"]
-        if weights is None:
-            info = ckpt.last()
-            if info is None:
-                raise FileNotFoundError(f"{self.path}: no checkpoint")
-            weights = ckpt.root / info["weights"]
-        model = build_model(self.cfg, self.specs(), encoder_from_dir(self.path / "encoder", self.cfg.model.dropout,
-                                                                       pooler=self.cfg.model.pooling == "pooler"))
-        load_weights(weights, model)
-        return model.to(resolve_device(self.cfg.train.device)).eval()
-
-    def predict_examples(self, spec, examples, which: str = "best"):
+    def predict_examples(self, spec, examples, which: str = "best") -> Predictions:
         """Predictions of ``spec.name`` on examples (its best checkpoint, as ``predict`` and ``submit`` use)."""
-        from manytask.evaluation.predict import predict
-
         tok = self.tokenizer()
         feats = encode(examples, spec, tok, self.cfg.model.max_seq_length)
         return predict(self.model_for(spec.name, which), spec, feats, self.cfg.train.eval_batch_size,
-                       tok.pad_token_id, self.cfg.train.precision)
+                       tok.pad_token_id, self.precision)
 
-    def evaluate(self, which: str = "last") -> dict:
+    def evaluate(self, which: str = "last", write: bool = True) -> dict:
         """Dev metrics of every task: all with the last checkpoint (one model), or each task with its own
-        best checkpoint (``which="best"``; the average is then not one model's)."""
+        best checkpoint (``which="best"``; the average is then not one model's). Saved as RUN/eval.json
+        unless ``write`` is false."""
         cfg = self.cfg
         data, skipped = load_tasks(cfg, with_train=False)
         tok = self.tokenizer()
         results, titles = {}, {}
-        cache: dict[str, MultiTaskModel] = {}
-        ckpt = CheckpointDir(self.path / "checkpoints")
         for d in data:
-            key = ckpt.best().get(d.name, {}).get("weights", "last") if which == "best" else "last"
-            if key not in cache:
-                cache[key] = self.model_for(d.name, which)
-            tf = TaskFeatures(d.spec, Features([], [], [], None),
-                              {s: encode(ex, d.spec, tok, cfg.model.max_seq_length) for s, ex in d.evals.items()},
-                              d.eval_titles)
-            if d.entry.slices is not None:
-                add_slices(d.entry.slices, d, tf)
-            results[d.name] = evaluate_task(cache[key], d.spec, tf.evals, d.eval_titles, cfg.train.eval_batch_size,
-                                            tok.pad_token_id, cfg.train.precision, tf.slice_min)
+            model = self.model_for(d.name, which)
+            results[d.name] = evaluate_data(model, d, tok, cfg.model.max_seq_length, cfg.train.eval_batch_size,
+                                            self.precision)
             titles[d.name] = d.eval_titles
         out = {**summarize(results, {d.name: d.spec for d in data}), "titles": titles, "checkpoint": which,
                "skipped": skipped}
-        atomic_write_json(self.path / "eval.json", out)
+        if write:
+            atomic_write_json(self.path / "eval.json", out)
         return out
-
-

@@ -6,10 +6,13 @@ below as ``TaskSpec`` values, and a user task is the same structure written in Y
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from manytask.kinds import get_kind, kind_names
 
 Field = Union[str, int]  # a column name, or a 0-based column index for header-less files
 
@@ -35,17 +38,17 @@ class SplitSpec(StrictModel):
 
 
 class TaskSpec(StrictModel):
-    """A task: its files, columns, label space and metrics."""
+    """A task: its files, columns, label space and metrics. What its ``kind`` means is the kind's (``kinds/``)."""
 
     name: str
     display: Optional[str] = None
-    kind: Literal["classification", "regression", "tagging"]
+    kind: str  # a registered task kind: classification, regression, tagging, ...
     text_fields: list[Field]  # tagging: the one field (JSONL) or column (CoNLL) holding the words
     label_field: Optional[Field] = None
     id_field: Optional[Field] = None
     labels: Optional[list[str]] = None
     label_range: Optional[tuple[float, float]] = None
-    metrics: list[str] = []  # tagging: default by tag set (entity scores for BIO/BIOES, else token accuracy)
+    metrics: list[str] = []  # default: the kind's (tagging: by tag set, once it is known)
     primary_metric: Optional[str] = None
     splits: dict[str, SplitSpec]
     format: Optional[Literal["tsv", "csv", "jsonl", "conll"]] = None
@@ -64,40 +67,23 @@ class TaskSpec(StrictModel):
             raise ValueError("text_fields must name one column (single sentence) or two (pair)")
         return v
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in kind_names():
+            raise ValueError(f"unknown task kind {v!r} (known: {', '.join(kind_names())})")
+        return v
+
     @model_validator(mode="after")
     def _check_kind(self) -> "TaskSpec":
-        if self.kind == "tagging":
-            if len(self.text_fields) != 1:
-                raise ValueError(f"task {self.name!r}: a tagging task reads its words from one field (text_fields)")
-            if self.labels is not None and (not self.labels or len(set(self.labels)) != len(self.labels)):
-                raise ValueError(f"task {self.name!r}: 'labels' (the tag set) must be distinct tags")
-            if self.labels is not None and not self.metrics:
-                from manytask.evaluation.tagging import default_metrics  # late: it imports seqeval
-
-                self.metrics = default_metrics(self.labels)
-        elif self.kind == "classification":
-            if not self.labels or len(self.labels) < 2:
-                raise ValueError(f"task {self.name!r}: a classification task needs 'labels' (two or more)")
-            if len(set(self.labels)) != len(self.labels):
-                raise ValueError(f"task {self.name!r}: 'labels' has duplicates")
-        else:
-            if self.label_range is None:
-                raise ValueError(f"task {self.name!r}: a regression task needs 'label_range: [low, high]'")
-            lo, hi = self.label_range
-            if not hi > lo:
-                raise ValueError(f"task {self.name!r}: label_range must be [low, high] with high > low")
-        from manytask.evaluation.metrics import METRICS_BY_KIND  # late: metrics imports nothing from here
-
-        if not self.metrics and not (self.kind == "tagging" and self.labels is None):
+        kind = get_kind(self.kind)
+        if not self.metrics:
+            self.metrics = kind.default_metrics(self)
+        kind.validate(self)
+        if not self.metrics and not (kind.word_level and self.labels is None):
             raise ValueError(f"task {self.name!r}: name one or more metrics")
-        known = METRICS_BY_KIND[self.kind]
-        for m in self.metrics + ([self.primary_metric] if self.primary_metric else []):
-            if m not in known:
-                raise ValueError(f"task {self.name!r}: {m!r} is not a {self.kind} metric (known: {', '.join(known)})")
         if self.primary_metric and self.primary_metric not in self.metrics:
             self.metrics = [*self.metrics, self.primary_metric]
-        import codecs
-
         try:
             codecs.lookup(self.encoding)
         except LookupError:
@@ -114,24 +100,12 @@ class TaskSpec(StrictModel):
 
     @property
     def num_outputs(self) -> int:
-        if self.kind == "tagging" and self.labels is None:
-            raise ValueError(f"task {self.name!r}: the tag set is not known yet (declare 'labels' or read the "
-                             "training file first)")
-        return 1 if self.kind == "regression" else len(self.labels)  # type: ignore[arg-type]
+        return get_kind(self.kind).num_outputs(self)
 
     @property
     def pair(self) -> bool:
         """Does the task read a text pair (two fields)? Tagging and single-sentence tasks read one."""
         return len(self.text_fields) == 2
-
-    def scale(self, value: float) -> float:
-        """Regression label on the task's range -> [0, 1], the sigmoid's range."""
-        lo, hi = self.label_range  # type: ignore[misc]
-        return (value - lo) / (hi - lo)
-
-    def unscale(self, value: float) -> float:
-        lo, hi = self.label_range  # type: ignore[misc]
-        return lo + value * (hi - lo)
 
     def split_root(self, glue_dir: Optional[Path]) -> Path:
         if self.glue:

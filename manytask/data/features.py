@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from manytask.data.readers import Example
+from manytask.kinds import kind_of
+from manytask.records import IGNORE, Example, Features
 from manytask.tasks import TaskSpec
-
-
-IGNORE = -100  # token label the loss skips: later pieces of a word, special tokens, padding
-
-
-@dataclass
-class Features:
-    """Token ids of one task split, aligned with its examples (same order, same ids).
-
-    Tagging tasks also keep, per example, the position of each word's first piece (-1 for a word the
-    model never sees: cut off by the length limit, or without any piece) and the gold tag per word.
-    """
-
-    ids: list[str]
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]]
-    labels: Optional[list]  # class index, regression target scaled to [0, 1], or per-token tags (tagging)
-    first_piece: Optional[list[list[int]]] = None
-    word_labels: Optional[list[list[int]]] = None
-    aux: dict[str, list[list[int]]] = field(default_factory=dict)  # auxiliary label set -> token labels
-    slices: dict[str, list[bool]] = field(default_factory=dict)  # slice -> member or not, per example
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def lengths(self) -> list[int]:
-        return [len(x) for x in self.input_ids]
-
-    @property
-    def unseen_words(self) -> int:
-        """Words with no piece in the model's input (scored as wrong)."""
-        return sum(p < 0 for row in (self.first_piece or []) for p in row)
 
 
 def encode_words(words: Sequence[Sequence[str]], tokenizer: PreTrainedTokenizerBase, max_length: int):
@@ -59,7 +27,8 @@ def encode_words(words: Sequence[Sequence[str]], tokenizer: PreTrainedTokenizerB
     return enc, firsts
 
 
-def _encode_tagging(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
+def _encode_words(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
+    """Word-level examples: each word's label sits on its first piece (IGNORE on the others)."""
     enc, firsts = encode_words([e.words or [] for e in examples], tokenizer, max_length)
     labels = None
     if examples and all(e.label is not None for e in examples):
@@ -75,16 +44,25 @@ def _encode_tagging(examples: Sequence[Example], tokenizer: PreTrainedTokenizerB
 
 
 def encode(examples: Sequence[Example], spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
-    if spec.kind == "tagging":
-        return _encode_tagging(examples, tokenizer, max_length)
+    kind = kind_of(spec)
+    if kind.word_level:
+        return _encode_words(examples, tokenizer, max_length)
     texts_a = [e.text_a for e in examples]
-    texts_b = [e.text_b for e in examples] if spec.text_fields and len(spec.text_fields) == 2 else None
+    texts_b = [e.text_b for e in examples] if spec.pair else None
     enc = tokenizer(texts_a, texts_b, truncation="longest_first" if texts_b else True, max_length=max_length,
                     return_token_type_ids=True)
     labels = None
     if examples and all(e.label is not None for e in examples):
-        labels = [float(e.label) if spec.kind == "classification" else spec.scale(float(e.label)) for e in examples]
+        labels = [kind.target(spec, e.label) for e in examples]
     return Features([e.id for e in examples], enc["input_ids"], enc["token_type_ids"], labels)
+
+
+def targets_of(spec: TaskSpec, examples: Sequence[Example]) -> Features:
+    """Features with the training targets of ``examples`` and no tokens: gold labels to score predictions against."""
+    kind = kind_of(spec)
+    labels = [kind.target(spec, e.label) for e in examples]
+    word_labels = [list(e.label) for e in examples] if kind.word_level else None  # type: ignore[arg-type]
+    return Features([e.id for e in examples], [], [], labels, None, word_labels)
 
 
 def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -113,35 +91,52 @@ def _labels(features: Features, indices: Sequence[int], width: int) -> torch.Ten
     return _token_rows(features.labels, indices, width)  # type: ignore[arg-type]
 
 
-def _add_aux(batch: dict, features: Features, indices: Sequence[int], width: int) -> None:
-    for name, rows in features.aux.items():
-        batch[f"aux/{name}"] = _token_rows(rows, indices, width)
-    for name, members in features.slices.items():
-        batch[f"slice/{name}"] = torch.tensor([members[i] for i in indices], dtype=torch.bool)
+def pad_inputs(features: Features, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """The padded model inputs of some examples: as long as the longest of them, not as long as max_length."""
+    return _pad([(features.input_ids[i], features.token_type_ids[i]) for i in indices], pad_id)
 
 
-def collate(features: Features, indices: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """A padded batch: as long as its longest member, not as long as max_length."""
-    batch = _pad([(features.input_ids[i], features.token_type_ids[i]) for i in indices], pad_id)
-    if features.labels is not None:
-        batch["labels"] = _labels(features, indices, batch["input_ids"].shape[1])
-    _add_aux(batch, features, indices, batch["input_ids"].shape[1])
-    return batch
+@dataclass
+class TaskBatch:
+    """One task's part of a step's batch: its rows of the padded inputs (None: all of them), the positions of
+    its examples in the task's training features, their targets, auxiliary token labels and slice membership."""
+
+    rows: Optional[torch.Tensor]
+    index: torch.Tensor
+    labels: Optional[torch.Tensor] = None
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)
+    slices: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def to(self, device: torch.device) -> "TaskBatch":
+        def move(t):
+            return t.to(device, non_blocking=True)
+
+        return replace(self, rows=None if self.rows is None else move(self.rows), index=move(self.index),
+                       labels=None if self.labels is None else move(self.labels),
+                       aux={k: move(v) for k, v in self.aux.items()}, slices={k: move(v) for k, v in self.slices.items()})
 
 
-def collate_mixed(parts: dict[str, tuple[Features, Sequence[int]]], pad_id: int) -> tuple[dict, dict[str, dict]]:
-    """One padded batch over several tasks' examples, and per task its rows, labels and example indices.
+def collate(parts: dict[str, tuple[Features, Sequence[int]]], pad_id: int) -> tuple[dict, dict[str, TaskBatch]]:
+    """One padded batch over one or several tasks' examples, and per task its ``TaskBatch``.
 
-    Task t's examples occupy a contiguous block of rows, in the order of ``parts``.
+    Task t's examples occupy a contiguous block of rows, in the order of ``parts``. A batch of one task keeps
+    ``rows=None``: its task runs on the whole batch.
     """
     rows, per_task, start = [], {}, 0
     for task, (features, indices) in parts.items():
         rows.extend((features.input_ids[i], features.token_type_ids[i]) for i in indices)
-        per_task[task] = {"rows": torch.arange(start, start + len(indices)), "index": torch.tensor(list(indices))}
+        block = None if len(parts) == 1 else torch.arange(start, start + len(indices))
+        per_task[task] = TaskBatch(block, torch.tensor(list(indices), dtype=torch.long))
         start += len(indices)
     inputs = _pad(rows, pad_id)
+    width = inputs["input_ids"].shape[1]
     for task, (features, indices) in parts.items():
+        b = per_task[task]
         if features.labels is not None:
-            per_task[task]["labels"] = _labels(features, indices, inputs["input_ids"].shape[1])
-        _add_aux(per_task[task], features, indices, inputs["input_ids"].shape[1])
+            b.labels = _labels(features, indices, width)
+        b.aux = {name: _token_rows(r, indices, width) for name, r in features.aux.items()}
+        b.slices = {name: torch.tensor([m[i] for i in indices], dtype=torch.bool) for name, m in features.slices.items()}
     return inputs, per_task

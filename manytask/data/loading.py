@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zlib
 from dataclasses import dataclass, field
@@ -13,13 +12,18 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from manytask.config import RunConfig, TaskEntry
-from manytask.data.readers import Example, read_split
+from manytask.data.readers import read_split
+from manytask.data.words import assign_tags
+from manytask.errors import ManytaskError
+from manytask.io import file_sha256
+from manytask.kinds import kind_of
+from manytask.records import Example
 from manytask.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
 
-class MissingData(FileNotFoundError):
+class MissingData(ManytaskError, FileNotFoundError):
     """A task cannot be trained or evaluated because files are absent."""
 
 
@@ -39,32 +43,14 @@ class TaskData:
         return self.spec.name
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-def _strata(spec: TaskSpec, examples: list[Example]) -> np.ndarray:
-    if spec.kind == "tagging":
-        return np.zeros(len(examples), dtype=int)  # one stratum: a sentence has many tags
-    labels = np.asarray([e.label for e in examples], dtype=float)
-    if spec.kind == "classification":
-        return labels.astype(int)
-    edges = np.quantile(labels, [0.2, 0.4, 0.6, 0.8])  # regression: stratify by score quintile
-    return np.digitize(labels, edges)
 
 
 def hold_out(spec: TaskSpec, examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Seeded, stratified split of a labelled file into (train, held-out evaluation) parts."""
     idx = np.arange(len(examples))
-    strata = _strata(spec, examples)
+    strata = kind_of(spec).strata(spec, [e.label for e in examples])
     counts = np.bincount(strata - strata.min())
     stratify = strata if counts[counts > 0].min() >= 2 else None
     train_idx, eval_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
@@ -140,8 +126,8 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
         if not evals:
             raise MissingData(f"task {spec.name!r}: no evaluation file present "
                               f"({', '.join(str(root / spec.splits[s].path) for s in dev_splits) or 'none declared'})")
-    if spec.kind == "tagging" and spec.labels is None:
-        spec = _with_tag_set(spec, train, evals, notes)
+    if spec.labels is None and train:
+        spec = _with_label_set(spec, train, evals, notes)
     before = len(train)
     train = cap(train, entry.max_train, data_seed, spec.name + "/train")
     if len(train) < before:
@@ -154,17 +140,16 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
     return TaskData(spec, entry, train, evals, titles, notes, hashes, before)
 
 
-def _with_tag_set(spec: TaskSpec, train: list[Example], evals: dict[str, list[Example]], notes: list[str]) -> TaskSpec:
-    """A tagging task without declared labels takes the tag set of its (whole, uncapped) training file."""
-    from manytask.data.tagging import assign_tags, infer_tag_set
-
-    if not train:
-        return spec  # evaluation only: the tag set comes with the run's saved config
-    tags = infer_tag_set(train)
-    spec = TaskSpec.model_validate({**spec.model_dump(), "labels": tags})
+def _with_label_set(spec: TaskSpec, train: list[Example], evals: dict[str, list[Example]], notes: list[str]) -> TaskSpec:
+    """A task whose kind may leave its label set undeclared (tagging) takes the one of its (whole, uncapped)
+    training file; evaluation alone takes it from the run's saved config."""
+    labels = kind_of(spec).infer_labels([e.tags or [] for e in train])
+    if labels is None:
+        return spec
+    spec = TaskSpec.model_validate({**spec.model_dump(), "labels": labels})
     for examples in [train, *evals.values()]:
         assign_tags(spec, examples)
-    notes.append(f"{spec.title}: tag set read from the training file ({len(tags)} tags: {', '.join(tags)})")
+    notes.append(f"{spec.title}: tag set read from the training file ({len(labels)} tags: {', '.join(labels)})")
     return spec
 
 

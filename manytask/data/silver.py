@@ -10,7 +10,6 @@ limit, or whitespace the tokenizer drops) is counted and reported, never silentl
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import json
 import logging
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from manytask.config import AuxiliarySpec, ConfigError
-from manytask.training.checkpoint import atomic_write_json
+from manytask.hooks import load_hook
+from manytask.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +100,7 @@ def _pattern(aux: AuxiliarySpec) -> Tagger:
 
 
 def _callable(aux: AuxiliarySpec) -> Tagger:
-    module, func = aux.tagger.split(":")
-    try:
-        fn = getattr(importlib.import_module(module), func)
-    except (ImportError, AttributeError) as e:
-        raise SilverError(f"auxiliary {aux.name!r}: cannot load tagger {aux.tagger!r} ({e})") from None
+    fn = load_hook(aux.tagger, f"auxiliary {aux.name!r}: tagger", SilverError)
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):

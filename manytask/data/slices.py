@@ -1,20 +1,22 @@
 """Slicing functions: which examples of a task belong to each of its slices (MeTaL, slice-based learning).
 
 Built-in predicates look at the raw text (regex, word lists, length, counts); ``module:function`` runs a
-user's own predicate. Each function is applied once per example and remembered by stable example id for
-the life of the process; a function that raises names the slice and the example.
+user's own predicate. Each function is applied once per example and remembered by the example's id and a hash
+of its text for the life of the process (a file whose text changed under the same line numbers is judged
+again); a function that raises names the slice and the example.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Callable, Sequence
 
 from manytask.config import ConfigError, SliceFunction, SlicesConfig
-from manytask.data.readers import Example
+from manytask.hooks import load_hook
+from manytask.io import text_sha256
+from manytask.records import Example
 
-_MEMO: dict[tuple[str, str], bool] = {}
+_MEMO: dict[tuple[str, str, str], bool] = {}
 
 
 class SliceError(ConfigError):
@@ -31,11 +33,7 @@ def _texts(fn: SliceFunction, e: Example) -> list[str]:
 
 def predicate(fn: SliceFunction) -> Callable[[Example], bool]:
     if fn.kind == "function":
-        module, name = fn.function.split(":")  # type: ignore[union-attr]
-        try:
-            user = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as e:
-            raise SliceError(f"slice {fn.name!r}: cannot load {fn.function!r} ({e})") from None
+        user = load_hook(fn.function, f"slice {fn.name!r}", SliceError)  # type: ignore[arg-type]
         return lambda e: bool(user(e.text_a, e.text_b))
     if fn.kind in ("regex", "count"):
         pattern = re.compile(fn.pattern)  # type: ignore[arg-type]
@@ -56,7 +54,7 @@ def membership(cfg: SlicesConfig, examples: Sequence[Example]) -> dict[str, list
         key = fn.model_dump_json()
         flags = []
         for e in examples:
-            memo = (key, e.id)
+            memo = (key, e.id, text_sha256(e.text_a, e.text_b))
             if memo not in _MEMO:
                 try:
                     _MEMO[memo] = bool(test(e))

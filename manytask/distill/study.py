@@ -19,9 +19,9 @@ from manytask.config import ConfigError, DistillConfig, RunConfig, TrainConfig, 
 from manytask.data.loading import MissingData, load_tasks
 from manytask.distill.recipes import Recipe, StudyConfig, dump_study, load_study, order
 from manytask.distill.teacher import write_targets
-from manytask.evaluation.predict import summarize
+from manytask.evaluation.scoring import summarize
 from manytask.runs import Run, train_run
-from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+from manytask.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from transformers import AutoConfig
-
 from manytask.config import ConfigError, DistillConfig, ModelConfig, RunConfig, TaskEntry, TrainConfig
 from manytask.data.loading import load_tasks
 from manytask.distill.teacher import write_targets
 from manytask.flex.config import FlexConfig, dump_flex, load_flex
-from manytask.models.encoder import resolve_encoder
+from manytask.encoders import adapter_class
+from manytask.encoders.loading import encoder_config
 from manytask.runs import Run, train_run
-from manytask.serving.bundle import Bundle, package_from_run
-from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+from manytask.bundles import Bundle, package_from_run
+from manytask.io import atomic_write_json, atomic_write_text
+from manytask.kinds import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 def encoder_layers(model: ModelConfig) -> int:
     if model.random_init is not None:
         return model.random_init.num_layers
-    return AutoConfig.from_pretrained(resolve_encoder(model.encoder)).num_hidden_layers
+    config = encoder_config(model.encoder)
+    return adapter_class(config).config_layers(config)
 
 
 def best_partial(variants: dict[str, dict]) -> str:
@@ -110,8 +111,9 @@ class FlexPipeline:
         if not (store / f"{name}.safetensors").exists():
             write_targets(teacher, store, "best", {"role": "branch teacher", "layers": K})
         sizes = sorted(n for n in comp.to if n < K)
-        if entry.resolve(Path.cwd()).kind == "tagging":
-            log.info("%s: a tagging task is not compressed (distillation of tag logits is not supported)", name)
+        spec = entry.resolve(Path.cwd())
+        if not kind_of(spec).distillable:
+            log.info("%s: a %s task is not compressed (its logits cannot be distilled)", name, spec.kind)
             sizes = []
         for n in sizes:
             distill = DistillConfig(targets=str(store.resolve()), schedule=comp.schedule, lam=comp.lam,

@@ -15,7 +15,7 @@ from typing import Optional
 from manytask.distill.recipes import StudyConfig, load_study
 from manytask.distill.study import recipe_dir
 from manytask.evaluation.stats import holm, paired_test, spread
-from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+from manytask.io import atomic_write_json, atomic_write_text
 
 AVG = "Avg"
 SMALL_SLICE = 30  # members: a slice score over fewer moves by several points per example

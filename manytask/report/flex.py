@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+from manytask.io import atomic_write_json, atomic_write_text
 
 SETTINGS = [("full", "Full fine-tuning"), ("partial", "w/o KD (best k)")]
 

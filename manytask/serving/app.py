@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from manytask.serving.batcher import MicroBatcher
-from manytask.serving.bundle import BundleError, load_package
+from manytask.bundles import BundleError, load_package
 from manytask.serving.guard import RequestGuard
 from manytask.serving.predictor import MergedPredictor, Predictor
 
@@ -235,7 +235,7 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     async def list_tasks():
         specs = predictor.specs()
         scores = dev_scores or {}
-        return {"precision": getattr(predictor, "weights", "fp32"),
+        return {"precision": predictor.weights,
                 "tasks": [{"name": n, "kind": s.kind, "labels": s.labels, "label_range": s.label_range,
                            "text_fields": len(s.text_fields), "layers_run": predictor.layers_run([n]),
                            "dev": {p: v[n] for p, v in scores.items() if n in v}}

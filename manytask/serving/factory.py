@@ -14,7 +14,7 @@ ENV = "MANYTASK_SERVE"
 
 def build_app(options: dict) -> FastAPI:
     from manytask.serving.app import Limits, create_app
-    from manytask.serving.bundle import Bundle
+    from manytask.bundles import Bundle
     from manytask.serving.predictor import MergedPredictor, SeparatePredictor
 
     if options.get("bundle"):

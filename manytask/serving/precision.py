@@ -16,15 +16,19 @@ from typing import Optional
 import torch
 from torch import nn
 
-from manytask.serving.bundle import Bundle
-from manytask.training.checkpoint import atomic_write_json
-from manytask.training.devices import cpu_has_native_bf16
+from manytask.bundles import Bundle
+from manytask.config import TaskEntry
+from manytask.data.loading import load_task
+from manytask.errors import ManytaskError
+from manytask.evaluation.scoring import evaluate_data, summarize
+from manytask.io import atomic_write_json
+from manytask.runtime import cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
-class PrecisionError(ValueError):
+class PrecisionError(ManytaskError, ValueError):
     """A precision this device cannot serve, or one that costs a task more than the tolerance."""
 
 
@@ -50,9 +54,6 @@ def quantize_model(model) -> None:
 
 
 def _eval_data(pkg, glue_dir: Path):
-    from manytask.config import TaskEntry
-    from manytask.data.loading import load_task
-
     ev = pkg.info.get("eval")
     entry = TaskEntry.model_validate(ev["entry"]) if ev else TaskEntry(name=pkg.spec.name)
     return load_task(entry, pkg.spec, glue_dir, ev["data_seed"] if ev else 0, with_train=False)
@@ -61,9 +62,6 @@ def _eval_data(pkg, glue_dir: Path):
 def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size: int = 64) -> dict[str, dict]:
     """Each task's primary dev score under ``precision`` with ``model`` (the served one), cached by task
     directory; a task whose dev data is not on this machine is reported as unscored, with the reason."""
-    from manytask.data.features import encode
-    from manytask.evaluation.predict import evaluate_task, summarize
-
     tok = bundle.tokenizer()
     max_len = bundle.manifest["trunk"]["max_seq_length"]
     out = {}
@@ -78,11 +76,9 @@ def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size
         except (FileNotFoundError, ValueError) as e:
             out[name] = {"unscored": str(e).splitlines()[0][:300]}
             continue
-        feats = {s: encode(ex, data.spec, tok, max_len) for s, ex in data.evals.items()}
-        results = evaluate_task(model, data.spec, feats, data.eval_titles, batch_size, tok.pad_token_id,
-                                "bf16" if precision == "bf16" else "fp32")
+        results = evaluate_data(model, data, tok, max_len, batch_size, "bf16" if precision == "bf16" else "fp32")
         score = summarize({name: results}, {name: data.spec})["primary"][name]
-        out[name] = {"score": score, "metric": data.spec.primary, "n": sum(len(f) for f in feats.values())}
+        out[name] = {"score": score, "metric": data.spec.primary, "n": sum(len(ex) for ex in data.evals.values())}
         atomic_write_json(cache, out[name])
     return out
 

@@ -1,4 +1,8 @@
-"""One training loop for single- and multi-task runs, with periodic evaluation and resumable checkpoints."""
+"""One training loop for single- and multi-task runs, with periodic evaluation and resumable checkpoints.
+
+The loop draws the whole plan from the seed, runs each step through ``step.step_loss`` (one path for every
+kind of batch), and leaves evaluation to ``evaluation.scoring`` and what a task learns to its objectives.
+"""
 
 from __future__ import annotations
 
@@ -9,63 +13,46 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from manytask.config import TrainConfig
-from manytask.data.features import Features, collate, collate_mixed
+from manytask import runtime
+from manytask.runtime import seed_everything
+from manytask.config import SMALL_SLICE, TrainConfig
 from manytask.data.samplers import Plan, batches_per_epoch, make_plan
-from manytask.evaluation.predict import evaluate_task, summarize
-from manytask.training import distributed
-from manytask.training.devices import autocast, resolve_device, resolve_precision
+from manytask.evaluation.scoring import evaluate_features, summarize
 from manytask.models.multitask import MultiTaskModel
+from manytask.records import Features
 from manytask.tasks import TaskSpec
-from manytask.training.checkpoint import CheckpointDir, load_weights
-from manytask.training.losses import gold_loss, slice_losses, token_loss
+from manytask.models.checkpoints import CheckpointDir
+from manytask.models.weights import load_weights
+from manytask.training.objectives import TaskObjectives
 from manytask.training.optim import make_optimizer
+from manytask.training.step import StepTask, step_loss
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TaskFeatures:
-    """A task's tokenised data as the trainer sees it."""
+    """A task's tokenised data and what it is trained on, as the trainer sees it."""
 
     spec: TaskSpec
     train: Features
     evals: dict[str, Features]
     eval_titles: dict[str, str]
+    objectives: TaskObjectives
     loss_weight: float = 1.0
-    aux_weights: dict[str, float] = field(default_factory=dict)  # auxiliary label set -> weight of its loss
-    slice_mode: str = "none"  # none, eval (scored only), heads (MeTaL) or sbl (slice-based learning)
-    slice_weight: float = 1.0
-    slice_min: int = 30  # slices smaller than this are flagged in evaluation
+    slice_min: int = SMALL_SLICE  # slices smaller than this are flagged in evaluation
+
+    def step_task(self) -> StepTask:
+        return StepTask(self.train, self.objectives, self.loss_weight)
 
 
-class LossFn(Protocol):
-    """loss(spec, logits, batch, progress in [0, 1]) -> scalar; distillation plugs in here.
-
-    ``batch["index"]`` holds the examples' positions in the task's training features. A loss
-    may also offer ``log_state(progress) -> dict``, logged with the losses (BAM logs lambda).
-    """
-
-    def __call__(self, spec: TaskSpec, logits: torch.Tensor, batch: dict, progress: float) -> torch.Tensor: ...
-
-
-def default_loss(spec: TaskSpec, logits: torch.Tensor, batch: dict, progress: float) -> torch.Tensor:
-    return gold_loss(spec, logits, batch["labels"])
-
-
-Callback = Callable[[str, dict], None]  # (event, payload): "log", "eval", "end"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+Callback = Callable[[str, dict], None]  # (event, payload): "plan", "log", "eval", "end"
 
 
 @dataclass
@@ -76,14 +63,14 @@ class Trainer:
     run_dir: Path
     seed: int
     pad_id: int
-    loss_fn: LossFn = default_loss
     callbacks: list[Callback] = field(default_factory=list)
 
     def __post_init__(self):
-        self.device = resolve_device(self.cfg.device)
-        self.precision = resolve_precision(self.cfg.precision, self.device)
-        distributed.init(self.device)
+        self.device = runtime.resolve_device(self.cfg.device)
+        self.precision = runtime.resolve_precision(self.cfg.precision, self.device)
+        runtime.init(self.device)
         self.by_name = {t.spec.name: t for t in self.tasks}
+        self.step_tasks = {n: t.step_task() for n, t in self.by_name.items()}
         self.ckpt = CheckpointDir(Path(self.run_dir) / "checkpoints")
         self.metrics_path = Path(self.run_dir) / "metrics.jsonl"
         sizes = {t.spec.name: len(t.train) for t in self.tasks}
@@ -117,13 +104,10 @@ class Trainer:
         Tasks not in a step leave their heads and branches without gradients, so DDP looks for unused
         parameters at every step (``find_unused_parameters``): slower than a static graph, but a step may
         train any subset of the tasks without hanging the other ranks."""
-        if distributed.world() == 1:
+        if runtime.world() == 1:
             return self.model
-        if self.cfg.batching == "mixed":
-            raise ValueError("batching: mixed is not supported with several processes (each rank would see other "
-                             "tasks); use per_task")
-        distributed.check_same("training plan", [sorted(step.items()) for step in self.plan.steps])
-        torch.manual_seed(self.seed * 1000 + distributed.rank())  # dropout differs between ranks
+        runtime.check_same("training plan", [sorted(step.items()) for step in self.plan.steps])
+        torch.manual_seed(self.seed * 1000 + runtime.rank())  # dropout differs between ranks
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -132,7 +116,7 @@ class Trainer:
     # ---- bookkeeping -------------------------------------------------------------------
     def _emit(self, event: str, payload: dict) -> None:
         record = {"event": event, "step": self.step, **payload}
-        if distributed.is_main():
+        if runtime.is_main():
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         for cb in self.callbacks:
@@ -149,7 +133,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": distributed.gather(self._rng()),
+            "rng": runtime.gather(self._rng()),
             "best": self.best,
             "train_seconds": self.train_seconds,
             "train_examples": self.train_examples,
@@ -162,13 +146,13 @@ class Trainer:
             np.random.set_state(state["numpy_rng"])
             random.setstate(state["python_rng"])
             return
-        states, world = state["rng"], distributed.world()
+        states, world = state["rng"], runtime.world()
         if len(states) != world:
             log.warning("%s: checkpoint written by %d process(es), resumed by %d: the plan and weights carry on "
                         "exactly, the random streams (dropout) are re-seeded", self.run_dir, len(states), world)
-            seed_everything(self.seed * 1000 + distributed.rank() + self.step)
+            seed_everything(self.seed * 1000 + runtime.rank() + self.step)
             return
-        own = states[distributed.rank()]
+        own = states[runtime.rank()]
         torch.set_rng_state(own["torch"])
         np.random.set_state(own["numpy"])
         random.setstate(own["python"])
@@ -177,9 +161,9 @@ class Trainer:
 
     def _save_last(self) -> None:
         state = self._state()  # every rank takes part in gathering the RNG states
-        if distributed.is_main():
+        if runtime.is_main():
             self.ckpt.save_last(self.step, self.model, state)
-        distributed.barrier()
+        runtime.barrier()
 
     def resume(self) -> bool:
         """Continue from the last checkpoint, if any; the plan is redrawn from the seed."""
@@ -197,9 +181,9 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self._restore_rng(state)
         self.best = state["best"]
-        if distributed.is_main():
+        if runtime.is_main():
             self.ckpt.restore_best(self.best)
-        distributed.barrier()
+        runtime.barrier()
         self.step = step
         self.train_seconds = state["train_seconds"]
         self.train_examples = state["train_examples"]
@@ -210,8 +194,8 @@ class Trainer:
     def evaluate(self) -> dict:
         """Dev metrics per task and split, the primary score per task, and the GLUE-style average."""
         results = {
-            name: evaluate_task(self.model, t.spec, t.evals, t.eval_titles, self.cfg.eval_batch_size, self.pad_id,
-                                self.precision, t.slice_min)
+            name: evaluate_features(self.model, t.spec, t.evals, t.eval_titles, self.cfg.eval_batch_size, self.pad_id,
+                                    self.precision, t.slice_min)
             for name, t in self.by_name.items()
         }
         return summarize(results, {n: t.spec for n, t in self.by_name.items()})
@@ -225,60 +209,17 @@ class Trainer:
         return improved
 
     # ---- the loop ---------------------------------------------------------------------------
-    def _step_loss(self, step: dict[str, list[int]]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of one step, and each task's own loss for the log.
+    def step_loss(self, step: dict[str, list[int]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one step of the plan, and each objective's value (see ``training.step``)."""
+        return step_loss(self.net, self.step_tasks, step, self.pad_id, self.device, self.precision,
+                         self.step / self.total_steps)
 
-        One task: its loss times its weight. Several (mixed batching): the trunk runs once over the
-        whole batch, each example goes through its own task's head, and the loss is the mean over
-        the batch's examples: sum over tasks of weight * n_task / n * (the task's mean loss).
-        """
-        progress = self.step / self.total_steps
-        aux = any(self.by_name[n].aux_weights or self.by_name[n].slice_mode in ("heads", "sbl") for n in step)
-        if len(step) == 1:
-            (task_name, full), = step.items()
-            idx = distributed.shard(full)  # this rank's part of the global batch (all of it in one process)
-            idle = not idx
-            idx = idx or full[:1]  # a rank past the end of a short batch: one example, weight 0
-            t = self.by_name[task_name]
-            batch = self._to_device({**collate(t.train, idx, self.pad_id), "index": torch.tensor(idx)})
-            with autocast(self.precision, self.device.type):
-                logits = self.net(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                  tasks=[task_name], aux=aux)
-            with distributed.idle(idle):
-                task_loss, logged = self._task_loss(t, logits, batch, progress)
-            return task_loss * (0.0 if idle else t.loss_weight), logged
-        inputs, per_task = collate_mixed({n: (self.by_name[n].train, idx) for n, idx in step.items()}, self.pad_id)
-        inputs = self._to_device(inputs)
-        per_task = {n: self._to_device(b) for n, b in per_task.items()}
-        with autocast(self.precision, self.device.type):
-            logits = self.net(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"],
-                              tasks=list(step), rows={n: b["rows"] for n, b in per_task.items()}, aux=aux)
-        total = sum(len(idx) for idx in step.values())
-        loss, logged = torch.zeros((), device=self.device), {}
-        for n, sub in per_task.items():
-            t = self.by_name[n]
-            task_loss, own = self._task_loss(t, logits, sub, progress)
-            logged.update(own)
-            loss = loss + task_loss * t.loss_weight * (len(sub["index"]) / total)
-        return loss, logged
-
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-    def _task_loss(self, t: TaskFeatures, logits: dict, batch: dict, progress: float) -> tuple[torch.Tensor, dict]:
-        """The task's loss plus, riding on the same forward pass, each auxiliary label set's weighted loss."""
-        name = t.spec.name
-        loss = self.loss_fn(t.spec, logits[name], batch, progress)
-        logged = {name: loss.item()}
-        for aux, weight in t.aux_weights.items():
-            aux_loss = token_loss(logits[f"{name}/{aux}"], batch[f"aux/{aux}"])
-            logged[f"{name}/{aux}"] = aux_loss.item()
-            loss = loss + weight * aux_loss
-        if t.slice_mode in ("heads", "sbl"):
-            slice_loss = slice_losses(t.spec, t.slice_mode, logits, batch)
-            logged[f"{name}/slices"] = slice_loss.item()
-            loss = loss + t.slice_weight * slice_loss
-        return loss, logged
+    def _log_state(self, progress: float) -> dict:
+        state: dict = {}
+        for t in self.by_name.values():
+            for objective in t.objectives:
+                state.update(objective.log_state(progress))
+        return state
 
     def train(self, stop_at: Optional[int] = None) -> dict:
         """Train to the end, or (``stop_at``) until that step, leaving a checkpoint there to resume from."""
@@ -287,14 +228,14 @@ class Trainer:
                                 "sampling": self.cfg.sampling.model_dump(),
                                 "batching": self.cfg.batching})
         self.model.train()
-        running: dict[str, list[float]] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress, desc="train",
-                   dynamic_ncols=True)
+        running: dict[str, list[torch.Tensor]] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.cfg.progress or not runtime.is_main(),
+                   desc="train", dynamic_ncols=True)
         last_eval: Optional[dict] = None
         while self.step < self.total_steps:
             step = self.plan.steps[self.step]
             start = time.perf_counter()
-            loss, per_task = self._step_loss(step)
+            loss, per_objective = self.step_loss(step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"step {self.step}, task(s) {', '.join(step)}: loss is {loss.item()}")
             self.scaler.scale(loss).backward()
@@ -309,18 +250,18 @@ class Trainer:
             self.train_examples += sum(len(idx) for idx in step.values())
             self.step += 1
             bar.update(1)
-            for task_name, value in per_task.items():
-                running.setdefault(task_name, []).append(value)
+            for name, value in per_objective.items():
+                running.setdefault(name, []).append(value)
             if self.step % self.cfg.log_every == 0 or self.step == self.total_steps:
-                losses = {k: float(np.mean(v)) for k, v in running.items()}
-                bar.set_postfix(loss=f"{np.mean([l for v in running.values() for l in v]):.4f}")
-                extra = self.loss_fn.log_state((self.step - 1) / self.total_steps) if hasattr(self.loss_fn, "log_state") else {}
+                losses = {k: float(np.mean(torch.stack(v).tolist())) for k, v in running.items()}  # one sync a log
+                bar.set_postfix(loss=f"{np.mean([l for v in running.values() for l in torch.stack(v).tolist()]):.4f}")
                 self._emit("log", {"loss": losses, "lr": self.scheduler.get_last_lr()[-1],
-                                   "examples_per_s": self.train_examples / max(self.train_seconds, 1e-9), **extra})
+                                   "examples_per_s": self.train_examples / max(self.train_seconds, 1e-9),
+                                   **self._log_state((self.step - 1) / self.total_steps)})
                 running = {}
             at_end = self.step == self.total_steps
             if (self.eval_every and self.step % self.eval_every == 0) or at_end:
-                if distributed.is_main():  # rank 0 evaluates on the whole dev sets; the others wait
+                if runtime.is_main():  # rank 0 evaluates on the whole dev sets; the others wait
                     last_eval = self.evaluate()
                     improved = self._track_best(last_eval)
                     self._emit("eval", last_eval)

@@ -11,18 +11,21 @@ share (the official dev set).
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from manytask.config import ConfigError
+from manytask.data.features import targets_of
 from manytask.data.loading import load_tasks
-from manytask.evaluation.predict import Predictions, score, summarize
+from manytask.errors import NotFound
+from manytask.evaluation.scoring import score, summarize
 from manytask.evaluation.stats import holm, mcnemar_exact
+from manytask.io import atomic_write_json
+from manytask.kinds import kind_of
+from manytask.records import Predictions
 from manytask.runs import Run
-from manytask.training.checkpoint import atomic_write_json
 
 MODES = ("mean", "vote", "weighted")
 
@@ -32,22 +35,9 @@ class EnsembleError(ConfigError):
 
 
 def combine(spec, preds: Sequence[Predictions], mode: str, weights: Sequence[float]) -> Predictions:
+    """The members' predictions combined by the task's kind (weights normalised to sum to 1)."""
     w = np.asarray(weights, dtype=float)
-    w = w / w.sum()
-    if spec.kind == "regression":
-        values = np.stack([p.values for p in preds])  # vote on scores is their mean
-        return Predictions(preds[0].ids, (w[:, None] * values).sum(0) if mode == "weighted" else values.mean(0), None)
-    probs = np.stack([p.probs for p in preds])  # [members, n, classes]
-    mean = (w[:, None, None] * probs).sum(0) if mode == "weighted" else probs.mean(0)
-    if mode != "vote":
-        return Predictions(preds[0].ids, mean.argmax(-1), mean)
-    votes = np.stack([p.values for p in preds])  # [members, n]
-    chosen = []
-    for i in range(votes.shape[1]):
-        counts = Counter(votes[:, i].tolist()).most_common()
-        tied = [c for c, k in counts if k == counts[0][1]]
-        chosen.append(tied[0] if len(tied) == 1 else max(tied, key=lambda c: mean[i, c]))  # ties: mean probability
-    return Predictions(preds[0].ids, np.asarray(chosen), mean)
+    return kind_of(spec).combine(preds, mode, w / w.sum())
 
 
 class Ensemble:
@@ -55,7 +45,7 @@ class Ensemble:
         self.path = Path(path)
         meta_path = self.path / "ensemble.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.path} is not an ensemble (no ensemble.json)")
+            raise NotFound(f"{self.path} is not an ensemble (no ensemble.json)")
         self.meta = json.loads(meta_path.read_text())
         self.task, self.mode = self.meta["task"], self.meta["mode"]
         self.members = [Run.open(Path(m["run"])) for m in self.meta["members"]]
@@ -78,8 +68,8 @@ class Ensemble:
             spec = next((s for s in r.specs() if s.name == task), None)
             if spec is None:
                 raise EnsembleError(f"{r.path}: the run has no task {task!r}")
-            if spec.kind == "tagging":
-                raise EnsembleError(f"task {task!r}: ensembles of tagging tasks are not supported")
+            if not kind_of(spec).ensemblable:
+                raise EnsembleError(f"task {task!r}: ensembles of {spec.kind} tasks are not supported")
             specs.append(spec)
         for r, s in zip(opened[1:], specs[1:]):
             if (s.kind, s.labels, s.label_range) != (specs[0].kind, specs[0].labels, specs[0].label_range):
@@ -115,13 +105,15 @@ class Ensemble:
             if not _shared(split):
                 continue
             per_member = [m.predict_examples(data.spec, examples, which) for m in self.members]
-            feats = _gold(data.spec, examples)
+            feats = targets_of(data.spec, examples)
             combined = combine(data.spec, per_member, self.mode, self.weights)
             results[split] = score(data.spec, combined, feats, data.eval_titles[split])
+            kind = kind_of(data.spec)
             for m, p in zip(self.members, per_member):
                 members.setdefault(str(m.path), {})[split] = score(data.spec, p, feats, data.eval_titles[split])
-                if data.spec.kind == "classification":
-                    versus.setdefault(str(m.path), {})[split] = _versus(combined, p, feats.labels)
+                ens_ok, mem_ok = kind.correct(combined, feats), kind.correct(p, feats)
+                if ens_ok is not None:
+                    versus.setdefault(str(m.path), {})[split] = _versus(ens_ok, mem_ok)
         titles = {s: t for s, t in data.eval_titles.items() if _shared(s)}
         out = {**summarize({self.task: results}, {self.task: data.spec}), "titles": {self.task: titles},
                "checkpoint": which, "skipped": [], "mode": self.mode,
@@ -133,10 +125,8 @@ class Ensemble:
         return out
 
 
-def _versus(ensemble: Predictions, member: Predictions, gold) -> dict:
+def _versus(ens_ok: np.ndarray, mem_ok: np.ndarray) -> dict:
     """The ensemble against one member on one evaluation set: accuracy difference and McNemar's exact test."""
-    gold = np.asarray(gold).astype(int)
-    ens_ok, mem_ok = np.asarray(ensemble.values) == gold, np.asarray(member.values) == gold
     only_ens, only_member, p = mcnemar_exact(ens_ok, mem_ok)
     return {"accuracy_diff": 100 * float(ens_ok.mean() - mem_ok.mean()), "only_ensemble_right": only_ens,
             "only_member_right": only_member, "p": p}
@@ -162,7 +152,7 @@ def _heldout(run: Run, task: str) -> dict:
 def _dev_primary(run: Run, spec) -> float:
     """A member's primary dev score (its best checkpoint), without writing into its directory."""
     data = next(d for d in load_tasks(run.cfg, with_train=False)[0] if d.name == spec.name)
-    results = {split: score(spec, run.predict_examples(spec, ex), _gold(spec, ex), data.eval_titles[split])
+    results = {split: score(spec, run.predict_examples(spec, ex), targets_of(spec, ex), data.eval_titles[split])
                for split, ex in data.evals.items() if _shared(split)}
     return summarize({spec.name: results}, {spec.name: spec})["primary"][spec.name]
 
@@ -202,9 +192,3 @@ def train_members(cfg, task: str, k: int, out: Path, fraction: float = 0.2, mode
         runs.append(run_dir)
     return Ensemble.create(runs, task, out / "ensemble", mode)
 
-
-def _gold(spec, examples):
-    from manytask.data.features import Features
-
-    labels = [float(e.label) if spec.kind == "classification" else spec.scale(float(e.label)) for e in examples]
-    return Features([e.id for e in examples], [], [], labels)

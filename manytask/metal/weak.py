@@ -22,11 +22,14 @@ import numpy as np
 from pydantic import Field as PydanticField
 
 from manytask.config import ConfigError, SliceFunction, TaskEntry, load_model
-from manytask.data.readers import Example, read_split
+from manytask.data.readers import read_split
 from manytask.data.slices import predicate
-from manytask.distill.store import TeacherTargets, targets_path
+from manytask.data.target_store import TeacherTargets, targets_path
+from manytask.hooks import load_hook
+from manytask.kinds import kind_of
+from manytask.records import Example
 from manytask.tasks import SplitSpec, StrictModel, TaskSpec
-from manytask.training.checkpoint import atomic_write_json, atomic_write_text
+from manytask.io import atomic_write_json, atomic_write_text
 
 ABSTAIN = -1
 INSTALL = "pip install -e '.[weak]'"
@@ -60,10 +63,7 @@ def apply(functions: list[LabelingFunction], spec: TaskSpec, examples: list[Exam
     L = np.full((len(examples), len(functions)), ABSTAIN, dtype=int)
     for j, fn in enumerate(functions):
         if fn.kind == "function":
-            import importlib
-
-            module, name = fn.function.split(":")  # type: ignore[union-attr]
-            user = getattr(importlib.import_module(module), name)
+            user = load_hook(fn.function, f"labeling function {fn.name!r}", WeakError)  # type: ignore[arg-type]
             vote = lambda e: user(e.text_a, e.text_b)  # noqa: E731
         else:
             if fn.label is None:
@@ -108,7 +108,7 @@ def run_weak(cfg: WeakConfig, out: Path, glue_dir: Path) -> dict:
         raise WeakError(f"weak supervision needs Snorkel's label model: install it with {INSTALL}") from None
     out = Path(out)
     spec = cfg.task.resolve(Path.cwd())
-    if spec.kind != "classification":
+    if not kind_of(spec).class_labels:
         raise WeakError(f"task {spec.name!r}: labeling functions vote class labels; it is a {spec.kind} task")
     source = spec.model_copy(update={"splits": {"unlabeled": SplitSpec(path=str(Path(cfg.unlabeled).resolve()),
                                                                          role="train", unlabeled=True)},
@@ -140,7 +140,7 @@ def run_weak(cfg: WeakConfig, out: Path, glue_dir: Path) -> dict:
         rows.append(json.dumps(row))
     atomic_write_text(out / "train.jsonl", "\n".join(rows) + "\n")
     logits = np.log(np.clip(probs, 1e-6, 1.0)).astype(np.float32)
-    TeacherTargets(spec.name, "classification", spec.labels, ids, logits,
+    TeacherTargets(spec.name, spec.kind, spec.labels, ids, logits,
                    {"label_model": "snorkel LabelModel", "functions": names}).save(targets_path(out / "targets", spec.name))
     report["student_entry"] = student_entry(spec, out, glue_dir)
     atomic_write_json(out / "weak.json", report)
@@ -159,7 +159,7 @@ def student_entry(spec: TaskSpec, out: Path, glue_dir: Path) -> dict:
             root = spec.split_root(glue_dir) if spec.glue else Path(".")
             splits[name] = {"path": str((root / split.path).resolve()), "role": "dev", "header": split.header,
                             "text_fields": split.text_fields or spec.text_fields, "label_field": spec.label_field}
-    return {"name": spec.name, "kind": "classification", "splits": splits, "text_fields": spec.text_fields,
+    return {"name": spec.name, "kind": spec.kind, "splits": splits, "text_fields": spec.text_fields,
             "label_field": spec.label_field, "labels": spec.labels, "metrics": spec.metrics,
             **({"quoting": False} if spec.glue else {})}
 

@@ -1,49 +1,20 @@
-"""Read token-tagging files: JSONL (``{"tokens": [...], "tags": [...]}``) and CoNLL (one token a line, the
-tag in a named or numbered column, a blank line between sentences, ``-DOCSTART-`` lines skipped).
+"""Read word-level files: JSONL (``{"tokens": [...], "tags": [...]}``) and CoNLL (one word a line, the tag in a
+named or numbered column, a blank line between sentences, ``-DOCSTART-`` lines skipped).
 
-Errors name file, line and field: a malformed line, a token/tag count mismatch, an empty sentence, a tag
+Errors name file, line and field: a malformed line, a word/tag count mismatch, an empty sentence, a tag
 outside the declared (or training-file) tag set.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
-from manytask.data.readers import DataError, Example, decode_error, iter_records
+from manytask.data.files import DataError, iter_conll, iter_records
+from manytask.kinds import kind_of
+from manytask.kinds.base import LabelError
+from manytask.records import Example
 from manytask.tasks import Field, TaskSpec
-
-
-def iter_conll(path: Path, encoding: str) -> Iterator[tuple[int, list[list[str]]]]:
-    """(first line, rows) per sentence; a row is a line's columns (split on tabs, else on whitespace)."""
-    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-    rows: list[list[str]] = []
-    start = 0
-    width: Optional[int] = None
-    try:
-        with open(path, encoding=enc) as f:
-            for line_no, line in enumerate(f, start=1):
-                text = line.rstrip("\r\n")
-                if not text.strip():
-                    if rows:
-                        yield start, rows
-                    rows = []
-                    continue
-                cols = text.split("\t") if "\t" in text else text.split()
-                if cols[0] == "-DOCSTART-":
-                    continue
-                if width is None:
-                    width = len(cols)
-                elif len(cols) != width:
-                    raise DataError(path, f"expected {width} columns as on the first token line, found {len(cols)}",
-                                    line=line_no)
-                if not rows:
-                    start = line_no
-                rows.append(cols)
-    except UnicodeDecodeError as e:
-        raise decode_error(path, encoding, e) from None
-    if rows:
-        yield start, rows
 
 
 def _column(path: Path, line: int, field: Field, columns: Optional[list[str]], width: int) -> int:
@@ -77,7 +48,7 @@ def _words_and_tags(path: Path, line: int, record: dict, text_field: Field, labe
     return words, tags
 
 
-def read_tagged(spec: TaskSpec, split_name: str, path: Path, fmt: str, text_field: Field,
+def read_words(spec: TaskSpec, split_name: str, path: Path, fmt: str, text_field: Field,
                 label_field: Optional[Field], id_field: Optional[Field]) -> list[Example]:
     examples: list[Example] = []
     seen: dict[str, int] = {}
@@ -100,7 +71,7 @@ def read_tagged(spec: TaskSpec, split_name: str, path: Path, fmt: str, text_fiel
             examples.append(Example("", " ".join(words), None, None, str(start), words, tags, str(path), start,
                                     list(range(start, start + len(rows)))))
     else:
-        raise DataError(path, f"a tagging task reads JSONL or CoNLL files, not {fmt.upper()}")
+        raise DataError(path, f"a {spec.kind} task reads its words from JSONL or CoNLL files, not {fmt.upper()}")
     for e in examples:
         if e.key in seen:
             raise DataError(path, f"id {e.key!r} already used on line {seen[e.key]}", line=e.line, field=id_field)
@@ -113,23 +84,16 @@ def read_tagged(spec: TaskSpec, split_name: str, path: Path, fmt: str, text_fiel
     return examples
 
 
-def infer_tag_set(examples: Sequence[Example]) -> list[str]:
-    """The tags of the training examples: ``O`` first (where present), then sorted."""
-    found = {t for e in examples for t in (e.tags or [])}
-    return (["O"] if "O" in found else []) + sorted(found - {"O"})
-
-
 def assign_tags(spec: TaskSpec, examples: Sequence[Example], label_field: Optional[Field] = None) -> None:
-    """Tag strings -> indices of the tag set; a tag outside it names its file, line and field."""
-    index = {t: i for i, t in enumerate(spec.labels or [])}
+    """Tag strings -> what the task's kind keeps; a tag outside the tag set names its file, line and field."""
     field = label_field if label_field is not None else spec.label_field
+    kind = kind_of(spec)
     for e in examples:
         if e.tags is None:
             continue
-        labels = []
-        for i, t in enumerate(e.tags):
-            if t not in index:
-                line = e.word_lines[i] if e.word_lines else e.line
-                raise DataError(e.path, f"tag {t!r} is not in the task's tag set {spec.labels}", line=line, field=field)
-            labels.append(index[t])
-        e.label = labels
+        try:
+            e.label = kind.parse_label(spec, e.tags)
+        except LabelError as err:
+            at = getattr(err, "position", None)
+            line = e.word_lines[at] if e.word_lines and at is not None else e.line
+            raise DataError(e.path, str(err), line=line, field=field) from None

@@ -18,13 +18,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from manytask.errors import ManytaskError
+from manytask.io import atomic_write
 from manytask.tasks import TaskSpec
-from manytask.training.checkpoint import atomic_write
 
 FORMAT = "manytask-teacher-targets/1"
 
 
-class TargetError(ValueError):
+class TargetError(ManytaskError, ValueError):
     """A teacher-target store that does not fit the student's task; the message says why and where."""
 
 

@@ -7,54 +7,13 @@ last, says which set is current. Old sets are deleted only after the pointer mov
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
 
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
-
-
-def load_weights(path: Path, model: torch.nn.Module) -> None:
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+from manytask.io import atomic_write, atomic_write_json
+from manytask.models.weights import save_weights
 
 
 class CheckpointDir:
@@ -97,7 +56,8 @@ class CheckpointDir:
         info = self.last()
         if info is None:
             return None
-        state = torch.load(self.root / info["state"], weights_only=False)
+        # CPU first: a run trained on a GPU resumes on a machine without one (the trainer moves the state on)
+        state = torch.load(self.root / info["state"], weights_only=False, map_location="cpu")
         return info["step"], self.root / info["weights"], state
 
     @property

@@ -1,0 +1,174 @@
+"""Where and how code runs: the device, the precision (and its autocast), and the process group.
+
+Training, evaluation and serving all ask here. ``auto`` takes a GPU when torch sees one; ``--device`` on the
+command line sets ``$MANYTASK_DEVICE``, which ``auto`` follows. Checkpoints are always written from CPU
+copies, so a run trained on a GPU resumes, evaluates and serves on a CPU, and the reverse.
+
+Under ``torchrun`` every rank draws the same plan; rank 0 writes files; ``barrier`` and ``gather`` keep the
+ranks in step. Outside ``torchrun`` each of these is the one-process answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+from manytask.errors import ManytaskError
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_warned_bf16 = False
+
+
+class DeviceError(ManytaskError, ValueError):
+    """A device or precision this machine cannot give."""
+
+
+# ---- devices and precision --------------------------------------------------------------------------------
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        name = os.environ.get("MANYTASK_DEVICE", "auto")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank() % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r}: torch sees no CUDA GPU here (use cpu or auto)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank() % torch.cuda.device_count())
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {name!r}: MPS is not available here")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere it is emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on GPUs that support it, else fp32. fp16 needs CUDA (with a gradient scaler)."""
+    if precision not in PRECISIONS:
+        raise DeviceError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise DeviceError(f"precision fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32")
+    if precision != "fp32" and device.type == "mps":
+        raise DeviceError("on MPS, use precision fp32")
+    return precision
+
+
+def autocast(precision: str, device_type: str = "cpu"):
+    """bf16/fp16 autocast on the device; fp32 does nothing. Only resolved precisions are taken: ``auto`` (or a
+    typo) would otherwise run silently in another precision.
+
+    On a CPU, bf16 is 2-3x faster with AVX-512 BF16, but emulated and far slower without it (measured 15x
+    slower on an AVX2-only CPU), so it is opt-in and warned about where the CPU lacks it.
+    """
+    global _warned_bf16
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision not in ("bf16", "fp16"):
+        raise DeviceError(f"autocast: precision {precision!r} is not resolved (fp32, bf16 or fp16)")
+    if precision == "bf16" and device_type == "cpu" and not _warned_bf16 and not cpu_has_native_bf16():
+        log.warning("precision bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag); "
+                    "bf16 is emulated and much slower than fp32 here")
+        _warned_bf16 = True
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+# ---- the process group ------------------------------------------------------------------------------------
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched() -> bool:
+    """Started by torchrun (or another launcher that sets the rendezvous variables) with several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> None:
+    """Join the process group torchrun describes: gloo on CPU, NCCL on CUDA."""
+    if active() or not launched():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def check_same(name: str, value) -> None:
+    """Fail clearly when ranks disagree (a plan drawn from other data, seeds or settings would silently differ)."""
+    if not active():
+        return
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    digests: list = [None] * world()
+    dist.all_gather_object(digests, digest)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks disagree on the {name} (hashes {digests}): every rank must see the same data, "
+                           "config and seed")
+
+
+def gather(obj) -> list:
+    """Every rank's object, on every rank (e.g. RNG states, so a resumed run restores each rank's own)."""
+    if not active():
+        return [obj]
+    out: list = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (in place); the tensor itself in one process."""
+    if active():
+        dist.all_reduce(t)
+    return t
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

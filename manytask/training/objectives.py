@@ -1,0 +1,186 @@
+"""What a task is trained on: a list of objectives, each a named, weighted loss over the task's output.
+
+A task contributes its own objective (its gold labels, or a teacher's soft targets), one per auxiliary label
+set, and its slices' (MeTaL's slice heads: the task's kind with non-members' labels masked out; or
+slice-based learning's indicators and experts). The trainer knows none of them: it sums what they return.
+
+Every objective gives its loss as terms (sum over examples or tokens, count); the trainer reduces all the
+step's counts at once (across processes too) and hands the means back to ``combine``. So each loss is the mean
+one process would take over the whole batch, however the batch is split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from manytask.config import DistillConfig, TaskEntry
+from manytask.data.features import TaskBatch
+from manytask.data.target_store import TargetError, TeacherTargets, targets_path
+from manytask.kinds import kind_of
+from manytask.kinds.base import Term
+from manytask.kinds.tagging import token_loss
+from manytask.models.multitask import TaskOutput
+from manytask.records import Features
+from manytask.tasks import TaskSpec
+
+
+class Objective:
+    """One weighted loss of a task. ``weight`` scales it beside the task's own objective (which has weight 1)."""
+
+    name: str = ""
+    weight: float = 1.0
+
+    def terms(self, out: TaskOutput, batch: TaskBatch, progress: float) -> list[Term]:
+        raise NotImplementedError
+
+    def combine(self, means: list[torch.Tensor]) -> torch.Tensor:
+        """The objective's value from the means of its terms."""
+        return means[0]
+
+    def log_state(self, progress: float) -> dict:
+        return {}
+
+
+class GoldObjective(Objective):
+    """The task's loss on its gold labels (its kind's: cross-entropy, L2 on [0, 1], token cross-entropy ...)."""
+
+    def __init__(self, spec: TaskSpec):
+        self.name, self.kind = spec.name, kind_of(spec)
+
+    def terms(self, out, batch, progress):
+        return [self.kind.loss(out.logits, batch.labels)]
+
+
+def teacher_annealing(progress: float, schedule: str = "linear", lam: float = 0.0) -> float:
+    """Weight of the gold label at ``progress`` in [0, 1]: rises linearly 0 -> 1, or stays ``lam``."""
+    if schedule == "linear":
+        return min(max(progress, 0.0), 1.0)
+    if schedule == "constant":
+        return lam
+    raise ValueError(f"unknown teacher-annealing schedule {schedule!r} (linear, constant)")
+
+
+class TeacherObjective(Objective):
+    """BAM: the target is lam * gold + (1 - lam) * teacher, lam from the schedule (teacher annealing), with the
+    teacher's logits looked up by example id once. ``style: hinton`` is lam * gold loss + (1 - lam) * T^2 * KL.
+    ``soft_loss`` and ``kd_loss`` default to the kind's and may be replaced (a test's spy, say)."""
+
+    def __init__(self, spec: TaskSpec, cfg: DistillConfig, train: Features):
+        self.name, self.kind, self.cfg = spec.name, kind_of(spec), cfg
+        if not self.kind.distillable:
+            raise TargetError(f"task {spec.name!r}: distillation of {spec.kind} tasks is not supported")
+        path = targets_path(Path(cfg.targets), spec.name)
+        if not path.is_file():
+            raise TargetError(f"task {spec.name!r}: no teacher targets at {path}")
+        self.teacher = TeacherTargets.load(path).aligned(spec, train.ids, str(path))
+        self.soft_loss: Callable[..., Term] = self.kind.soft_loss
+        self.kd_loss: Callable[..., Term] = self.kind.kd_loss
+        self.gold_loss: Callable[..., Term] = self.kind.loss
+
+    def lam(self, progress: float) -> float:
+        return teacher_annealing(progress, self.cfg.schedule, self.cfg.lam)
+
+    def log_state(self, progress: float) -> dict:
+        return {"lambda": self.lam(progress)}
+
+    def _teacher(self, batch: TaskBatch) -> torch.Tensor:
+        if self.teacher.device != batch.index.device:  # once: then indexed where the batch is
+            self.teacher = self.teacher.to(batch.index.device)
+        return self.teacher[batch.index]
+
+    def terms(self, out, batch, progress):
+        teacher, lam = self._teacher(batch), self.lam(progress)
+        self._lam = lam
+        if self.cfg.style == "hinton":
+            return [self.gold_loss(out.logits, batch.labels), self.kd_loss(out.logits, teacher, self.cfg.temperature)]
+        return [self.soft_loss(out.logits, batch.labels, teacher, lam, self.cfg.temperature)]
+
+    def combine(self, means):
+        if self.cfg.style == "hinton":
+            return self._lam * means[0] + (1.0 - self._lam) * (means[1] * self.kind.kd_scale(self.cfg.temperature))
+        return means[0]
+
+
+class AuxiliaryObjective(Objective):
+    """Silver token labels over the task's text, learnt by a training-only head (MeTaL's auxiliary tasks)."""
+
+    def __init__(self, task: str, label_set: str, weight: float):
+        self.name, self.label_set, self.weight = f"{task}/{label_set}", label_set, weight
+
+    def terms(self, out, batch, progress):
+        return [token_loss(out.aux[self.label_set], batch.aux[self.label_set])]
+
+
+class SliceHeadsObjective(Objective):
+    """MeTaL's slice heads: each slice's head learns the task on the slice's members only (the task's kind with
+    the labels of non-members masked out, as Snorkel compiles a slice into an ordinary task); summed."""
+
+    def __init__(self, spec: TaskSpec, slices: list[str], weight: float):
+        self.name, self.kind, self.slices, self.weight = f"{spec.name}/slices", kind_of(spec), slices, weight
+
+    def terms(self, out, batch, progress):
+        terms = []
+        for s in self.slices:
+            mask = batch.slices[s].float()
+            terms.append(((self.kind.per_example_loss(out.slices[s], batch.labels) * mask).sum(), mask.sum()))
+        return terms
+
+    def combine(self, means):
+        total = torch.zeros((), device=means[0].device)
+        for m in means:
+            total = total + m
+        return total
+
+
+class SliceBasedObjective(Objective):
+    """Slice-based learning (Chen et al. 2019): each slice indicator's membership loss on every example, plus
+    each expert's loss on its slice's members (slot 0, the base slice, holds every example)."""
+
+    def __init__(self, spec: TaskSpec, slices: list[str], weight: float):
+        self.name, self.kind, self.slices, self.weight = f"{spec.name}/slices", kind_of(spec), slices, weight
+
+    def terms(self, out, batch, progress):
+        labels = batch.labels
+        indicator, experts = out.sbl.indicator.float(), out.sbl.experts
+        members = torch.stack([torch.ones(len(labels), dtype=torch.bool, device=labels.device)]
+                              + [batch.slices[s] for s in self.slices], 1)
+        terms = [(F.binary_cross_entropy_with_logits(indicator, members.float(), reduction="sum"), members.numel())]
+        for k in range(members.shape[1]):
+            mask = members[:, k].float()
+            terms.append(((self.kind.per_example_loss(experts[:, k], labels) * mask).sum(), mask.sum()))
+        return terms
+
+    def combine(self, means):
+        total = means[0]
+        for m in means[1:]:
+            total = total + m
+        return total
+
+
+@dataclass
+class TaskObjectives:
+    """A task's objectives in the order they are added up: its own first, then auxiliary, then slices."""
+
+    own: Objective
+    extra: list[Objective]
+
+    def __iter__(self):
+        return iter([self.own, *self.extra])
+
+
+def task_objectives(spec: TaskSpec, entry: TaskEntry, train: Features, distill: Optional[DistillConfig] = None
+                    ) -> TaskObjectives:
+    """The objectives a task's config entry asks for."""
+    own = TeacherObjective(spec, distill, train) if distill is not None else GoldObjective(spec)
+    extra: list[Objective] = [AuxiliaryObjective(spec.name, a.name, a.weight) for a in entry.auxiliary]
+    slices = entry.slices
+    if slices is not None and slices.mode in ("heads", "sbl"):
+        names = [f.name for f in slices.functions]
+        cls = SliceHeadsObjective if slices.mode == "heads" else SliceBasedObjective
+        extra.append(cls(spec, names, slices.weight))
+    return TaskObjectives(own, extra)
