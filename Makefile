@@ -29,6 +29,6 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not real_model"
+	$(BIN)/python -m pytest -q -m "not real_model and not slow"
 
 .PHONY: venv aux demo test test-fast

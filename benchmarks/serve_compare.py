@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from manytask.machine import cpu_info
+import manytask as mt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import MANYTASK, dev_inputs, free_port, templates_for, wait_healthy  # noqa: E402
@@ -79,14 +79,12 @@ def in_process(flex_dir: Path, selection: dict, task_set: list[str], precisions:
     """Task predictions per second of each predictor on batches of 32, alternating predictors each round."""
     import torch
 
-    from manytask.serving.bundle import Bundle
-    from manytask.serving.predictor import MergedPredictor, SeparatePredictor
-
     preds = {}
     for p in precisions:
-        preds[f"merged-{p}"] = MergedPredictor(Bundle(flex_dir / "bundle"), "cpu", p)
-        preds[f"separate-{p}"] = SeparatePredictor(
-            {t: flex_dir / selection["tasks"][t]["variants"]["full"]["run"] for t in task_set}, "cpu", p)
+        merged = mt.Bundle(flex_dir / "bundle").model(precision=p)
+        separate = separate_models(flex_dir, selection, task_set, p)
+        preds[f"merged-{p}"] = lambda inputs, tasks, m=merged: m.predict(inputs, tasks=tasks)
+        preds[f"separate-{p}"] = lambda inputs, tasks, ms=separate: [ms[t].predict(inputs, task=t) for t in tasks]
     rng = random.Random(0)
     out = {}
     for traffic in ("every-task", "one-task"):
@@ -96,10 +94,9 @@ def in_process(flex_dir: Path, selection: dict, task_set: list[str], precisions:
                 done, start = 0, time.perf_counter()
                 for tmpl in templates(task_set, inputs, traffic) * 2:
                     batch = [rng.choice(tmpl["inputs"]) for _ in range(32)]
-                    texts = [x["text"] for x in batch]
-                    pairs = [x["text_pair"] for x in batch] if "text_pair" in batch[0] else None
+                    inputs = [(x["text"], x["text_pair"]) if "text_pair" in x else x["text"] for x in batch]
                     with torch.inference_mode():
-                        pr.predict(texts, pairs, tmpl["tasks"])
+                        pr(inputs, tmpl["tasks"])
                     done += 32 * len(tmpl["tasks"])
                 rates[name].append(done / (time.perf_counter() - start))
         out[traffic] = summarize(rates)
@@ -116,34 +113,23 @@ def summarize(rates: dict[str, list[float]]) -> dict:
     return out
 
 
+def separate_models(flex_dir: Path, selection: dict, task_set: list[str], precision: str) -> dict:
+    """Each task's full fine-tuning run as its own model: the baseline the bundle is measured against."""
+    return {t: mt.Run.open(flex_dir / selection["tasks"][t]["variants"]["full"]["run"]).model("best", "cpu", precision)
+            for t in task_set}
+
+
 def dev_table(flex_dir: Path, selection: dict, task_set: list[str], precisions: list[str]) -> dict:
     """Dev scores per task and precision: the bundle's (cached by `manytask bundle score`), and the separate
     full models' under the same precision."""
-    from manytask.config import RunConfig
-    from manytask.data.features import encode
-    from manytask.data.loading import load_tasks
-    from manytask.evaluation.predict import evaluate_task, summarize as summ
-    from manytask.runs import Run
-    from manytask.serving.bundle import Bundle
-    from manytask.serving.precision import quantize_model, score_precisions
-
-    glue = RunConfig(tasks=["sst2"]).resolved_glue_dir()
     out = {}
     for p in precisions:
-        merged = score_precisions(Bundle(flex_dir / "bundle"), p, glue)[p]
+        merged = mt.Bundle(flex_dir / "bundle").score(p)[p]
         out[f"merged-{p}"] = {t: 100 * merged[t]["score"] for t in task_set if "score" in merged.get(t, {})}
         sep = {}
-        for t in task_set:
-            run = Run.open(flex_dir / selection["tasks"][t]["variants"]["full"]["run"])
-            model = run.model_for(t)
-            if p == "int8":
-                quantize_model(model)
-            data = next(d for d in load_tasks(run.cfg, with_train=False)[0] if d.name == t)
-            tok = run.tokenizer()
-            feats = {s: encode(ex, data.spec, tok, run.cfg.model.max_seq_length) for s, ex in data.evals.items()}
-            res = evaluate_task(model, data.spec, feats, data.eval_titles, 64, tok.pad_token_id,
-                                "bf16" if p == "bf16" else "fp32")
-            sep[t] = 100 * summ({t: res}, {t: data.spec})["primary"][t]
+        for t, model in separate_models(flex_dir, selection, task_set, p).items():
+            run = mt.Run.open(flex_dir / selection["tasks"][t]["variants"]["full"]["run"])
+            sep[t] = 100 * model.scores(run.cfg).primary[t]
         out[f"separate-{p}"] = sep
     return {k: {**v, "avg": statistics.fmean(v.values())} for k, v in out.items()}
 
@@ -160,14 +146,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_compare.json")
     ap.add_argument("--work", default="/tmp")
     args = ap.parse_args()
-    from manytask.training.devices import cpu_has_native_bf16
-
     flex_dir = args.flex.resolve()
     selection = json.loads((flex_dir / "selection.json").read_text())
     task_set = list(selection["tasks"]) if args.tasks == "all" else args.tasks.split(",")
-    precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
+    precisions = ["fp32", "int8"] + (["bf16"] if {"avx512_bf16", "amx_bf16"} & set(mt.cpu_info().get("flags", [])) else [])
     inputs = dev_inputs(flex_dir, task_set, args.inputs_per_task)
-    result = {"cpu": cpu_info(), "tasks": task_set, "precisions": precisions, "rounds": args.rounds,
+    result = {"cpu": mt.cpu_info(), "tasks": task_set, "precisions": precisions, "rounds": args.rounds,
               "window_s": args.window, "concurrency": args.concurrency}
     result["dev"] = dev_table(flex_dir, selection, task_set, precisions)
     procs, urls, rss = {}, {}, {}

@@ -96,16 +96,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None
 
 def dev_inputs(flex_dir: Path, tasks: list[str], per_task: int) -> dict[str, list[dict]]:
     """Dev inputs of each task, as the flex run read them (same caps and re-splits)."""
-    from manytask.config import RunConfig
-    from manytask.data.loading import load_tasks
-    from manytask.flex.config import load_flex
+    import manytask as mt
 
-    cfg = load_flex(flex_dir / "flex.yaml", saved=True)
-    probe = RunConfig(seed=cfg.seed, data_seed=cfg.data_seed, glue_dir=cfg.glue_dir, missing_glue="skip",
-                      tasks=[t for t in cfg.tasks if t.name in tasks], model=cfg.model)
-    data, _ = load_tasks(probe, with_train=False)
     out = {}
-    for d in data:
+    for d in mt.task_data(mt.flex_config(flex_dir, tasks), with_train=False).values():
         examples = next(iter(d.evals.values()))[:per_task]
         out[d.name] = [{"text": e.text_a, **({"text_pair": e.text_b} if e.text_b is not None else {})} for e in examples]
     return out
@@ -194,9 +188,9 @@ def main() -> None:
 
     flex_dir = args.flex.resolve()
     selection = json.loads((flex_dir / "selection.json").read_text())
-    from manytask.flex.config import load_flex
+    import yaml
 
-    setting = load_flex(flex_dir / "flex.yaml", saved=True).bundle
+    setting = yaml.safe_load((flex_dir / "flex.yaml").read_text()).get("bundle", "mixed")
     L = selection["encoder_layers"]
     every = list(selection["tasks"])
     sets = [every if s.strip() == "all" else s.split(",") for s in args.sets.split(";")]

@@ -16,37 +16,33 @@ from pathlib import Path
 
 import torch
 
-from manytask.machine import cpu_info
+import manytask as mt
 
 
 def run_manytask(args, precision: str) -> float:
-    from manytask.config import load_config
-    from manytask.runs import train_run
-
-    cfg = load_config(data={
+    cfg = {
         "seed": 1,
         "tasks": [{"name": args.task, "max_train": args.examples, "max_eval": 32}],
         "model": {"max_seq_length": args.max_len},
         "train": {"batch_size": args.batch_size, "epochs": 1, "lr": 5e-5, "precision": precision, "progress": False,
                   "group_by_length": True},
-    })
+    }
     with tempfile.TemporaryDirectory() as d:
-        summary = train_run(cfg, Path(d) / "run")
-    return summary["examples_per_s"]
+        run = mt.train(cfg, Path(d) / "run")
+        return run.results()["examples_per_s"]
 
 
 def run_hf(args, precision: str) -> float:
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from manytask.config import TaskEntry, load_config
-    from manytask.data.loading import load_task
-    from manytask.models.encoder import default_encoder_path
-
-    cfg = load_config(data={"tasks": [args.task]})
-    entry = TaskEntry(name=args.task, max_train=args.examples, max_eval=32)
-    data = load_task(entry, entry.resolve(Path.cwd()), cfg.resolved_glue_dir(), 0)
-    path = default_encoder_path()
+    data = mt.task_data({"tasks": [{"name": args.task, "max_train": args.examples, "max_eval": 32}]})[args.task]
+    path = mt.encoder_path("default")
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=data.spec.num_outputs)
     pair = len(data.spec.text_fields) == 2
@@ -92,7 +88,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "machine": platform.processor() or platform.machine(),
-                               "cpu": cpu_info(),
+                               "cpu": mt.cpu_info(),
                                "cpus": os.cpu_count(), "torch": torch.__version__,
                                "transformers": transformers.__version__, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Literal, Optional, Union
 
 import yaml
 from pydantic import ValidationError, field_validator
 
-from manytask.entries import (SMALL_SLICE, AuxiliarySpec, Resplit, SliceFunction, SlicesConfig,  # noqa: F401
-                              TaskEntry, check_task_entries, first_error)  # (the config's vocabulary)
+from manytask.entries import (  # noqa: F401
+    SMALL_SLICE,
+    AuxiliarySpec,
+    Resplit,
+    SliceFunction,
+    SlicesConfig,
+    TaskEntry,  # (the config's vocabulary)
+    check_task_entries,
+    first_error,
+)
 from manytask.errors import ConfigError  # noqa: F401
 from manytask.tasks import StrictModel
 

@@ -10,8 +10,14 @@ import logging
 import os
 from typing import Callable, Hashable, Optional
 
+from manytask.errors import ManytaskError
+
 log = logging.getLogger(__name__)
 INSTALL = "pip install -e '.[cluster]'"
+
+class ClusterError(ManytaskError, RuntimeError):
+    """Stages cannot be fanned out (Ray is not installed)."""
+
 
 Stage = tuple[Callable, tuple, list]  # (function, its arguments, keys of the stages it needs first)
 
@@ -28,7 +34,7 @@ def run_graph(stages: dict[Hashable, Stage], workers: int = 0, address: Optional
     try:
         import ray
     except ImportError:
-        raise RuntimeError(f"fanning stages out needs Ray: install it with {INSTALL}") from None
+        raise ClusterError(f"fanning stages out needs Ray: install it with {INSTALL}") from None
     started = not ray.is_initialized()
     if started:
         env = {k: v for k, v in os.environ.items() if k.startswith(("MANYTASK_", "HF_", "TOKENIZERS_"))}

@@ -11,10 +11,12 @@ ranks in step. Outside ``torchrun`` each of these is the one-process answer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -23,7 +25,6 @@ from manytask.errors import ManytaskError
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-_warned_bf16 = False
 
 
 class DeviceError(ManytaskError, ValueError):
@@ -80,22 +81,28 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def autocast(precision: str, device_type: str = "cpu"):
+@functools.lru_cache(maxsize=None)
+def warn_emulated_bf16() -> None:
+    """Once a process: bf16 on a CPU that emulates it."""
+    log.warning("precision bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag); "
+                "bf16 is emulated and much slower than fp32 here")
+
+
+def autocast(precision: str, device_type: str = "cpu", native_bf16: Optional[bool] = None):
     """bf16/fp16 autocast on the device; fp32 does nothing. Only resolved precisions are taken: ``auto`` (or a
     typo) would otherwise run silently in another precision.
 
     On a CPU, bf16 is 2-3x faster with AVX-512 BF16, but emulated and far slower without it (measured 15x
-    slower on an AVX2-only CPU), so it is opt-in and warned about where the CPU lacks it.
+    slower on an AVX2-only CPU), so it is opt-in and warned about where the CPU lacks it (``native_bf16``:
+    what the CPU can do, read from /proc/cpuinfo unless given).
     """
-    global _warned_bf16
     if precision == "fp32":
         return contextlib.nullcontext()
     if precision not in ("bf16", "fp16"):
         raise DeviceError(f"autocast: precision {precision!r} is not resolved (fp32, bf16 or fp16)")
-    if precision == "bf16" and device_type == "cpu" and not _warned_bf16 and not cpu_has_native_bf16():
-        log.warning("precision bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag); "
-                    "bf16 is emulated and much slower than fp32 here")
-        _warned_bf16 = True
+    if precision == "bf16" and device_type == "cpu":
+        if not (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
+            warn_emulated_bf16()
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 

@@ -9,10 +9,11 @@ import re
 import pytest
 
 from manytask.config import AuxiliarySpec, load_config
-from manytask.data.features import IGNORE
 from manytask.data.silver import SilverError, align, load_tagger
+from manytask.records import IGNORE
 from manytask.runs import Run, train_run
 from tests.silver_stub import CALLS
+
 
 def test_spans_align_to_the_first_piece_of_each_tagger_token_and_misses_are_counted():
     offsets = [(0, 0), (0, 3), (3, 6), (7, 9), (0, 0)]  # [CLS] "unb" "eli" "vs" [SEP]
@@ -56,7 +57,7 @@ def test_auxiliary_labels_ride_on_the_task_and_are_cached(aux_config, tmp_path):
     train_run(load_config(data=aux_config), tmp_path / "b")
     assert CALLS["texts"] == 24
     # the auxiliary head is training-only: a bundle package of the task carries none of it
-    from manytask.serving.bundle import package_from_run
+    from manytask.bundles import package_from_run
 
     pkg = package_from_run(tmp_path / "a", "sst2", "last")
     assert pkg.tensors and not any("aux" in k or "caps" in k for k in pkg.tensors)

@@ -11,16 +11,19 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from manytask.cli import app
-from manytask.config import ConfigError, SamplingConfig, load_config
+from manytask.config import ConfigError, DistillConfig, SamplingConfig, load_config
+from manytask.data.features import TaskBatch
 from manytask.data.samplers import make_plan
+from manytask.data.target_store import TargetError, TeacherTargets, targets_path
 from manytask.distill.recipes import Recipe, load_study
-from manytask.distill.store import TargetError, TeacherTargets, targets_path
 from manytask.distill.study import prepare, recipe_dir, run_study
 from manytask.evaluation.stats import holm, paired_test, spread
+from manytask.kinds import get_kind
+from manytask.models.multitask import TaskOutput
 from manytask.report.bam import write_report
 from manytask.runs import train_run
 from manytask.tasks import glue_task
-from manytask.training.losses import distill_loss, mixed_target, teacher_annealing
+from manytask.training.objectives import TeacherObjective, task_objectives, teacher_annealing, value
 from tests.conftest import write_mini_glue
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bam_debug.yaml"
@@ -28,6 +31,13 @@ SST2, STSB = glue_task("sst2"), glue_task("stsb")
 
 
 # ---- loss and schedule: hand-computed values -----------------------------------------------------
+def teacher_loss(spec, student, gold, teacher, lam, temperature=1.0, style="bam"):
+    """The student's objective on one batch, with the teacher's logits given row by row and a constant lambda."""
+    cfg = DistillConfig(targets="-", schedule="constant", lam=lam, temperature=temperature, style=style)
+    objective = TeacherObjective(spec, cfg, teacher)
+    return value(objective, TaskOutput(student), TaskBatch(None, torch.arange(len(gold)), gold))
+
+
 @pytest.mark.parametrize("lam, expected", [
     (1.0, math.log(4)),                                       # target [1, 0]: -ln 0.25
     (0.0, 0.5 * math.log(4) + 0.5 * -math.log(0.75)),         # target [.5, .5]
@@ -37,12 +47,12 @@ def test_classification_loss_mixes_gold_and_teacher(lam, expected):
     student = torch.tensor([[0.0, math.log(3)]])  # softmax [0.25, 0.75]
     teacher = torch.tensor([[0.0, 0.0]])  # softmax [0.5, 0.5]
     gold = torch.tensor([0.0])
-    assert distill_loss(SST2, student, gold, teacher, lam).item() == pytest.approx(expected, abs=1e-6)
+    assert teacher_loss(SST2, student, gold, teacher, lam).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_temperature_softens_the_teacher():
     teacher = torch.tensor([[0.0, 2 * math.log(3)]])  # softmax at T=1: [.1, .9]; at T=2: [.25, .75]
-    target = mixed_target(SST2, torch.tensor([0.0]), teacher, 0.0, temperature=2.0)
+    target = get_kind("classification").soft_target(torch.tensor([0.0]), teacher, 0.0, temperature=2.0)
     assert target.tolist()[0] == pytest.approx([0.25, 0.75], abs=1e-6)
 
 
@@ -51,7 +61,7 @@ def test_regression_loss_is_l2_to_the_mixed_score(lam, expected):
     student = torch.tensor([0.0])  # sigmoid 0.5
     teacher = torch.tensor([[math.log(0.3 / 0.7)]])  # sigmoid 0.3
     gold = torch.tensor([0.9])  # already on [0, 1]
-    assert distill_loss(STSB, student, gold, teacher, lam).item() == pytest.approx(expected, abs=1e-6)
+    assert teacher_loss(STSB, student, gold, teacher, lam).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_annealing_schedule():
@@ -151,6 +161,7 @@ def _log(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_every_recipe_and_seed_is_scored(study):
     cfg, out = study
     for r in cfg.recipes:
@@ -160,6 +171,7 @@ def test_every_recipe_and_seed_is_scored(study):
             assert not math.isnan(scores["average"])
 
 
+@pytest.mark.slow
 def test_teachers_write_targets_that_cover_their_students(study):
     cfg, out = study
     teachers = {r.teacher for r in cfg.recipes if r.teacher}
@@ -174,28 +186,33 @@ def test_teachers_write_targets_that_cover_their_students(study):
 
 
 @pytest.mark.parametrize("schedule, batching", [("linear", "per_task"), ("linear", "mixed"), ("constant", "per_task")])
-def test_the_loss_receives_the_annealed_lambda_at_every_step(mini_glue, tiny_config, tmp_path, monkeypatch,
-                                                              schedule, batching):
-    """Not the logged λ: the λ that the distillation loss is called with, step by step."""
-    import manytask.distill.teacher as teacher_mod
+def test_the_loss_receives_the_annealed_lambda_at_every_step(mini_glue, tiny_config, tmp_path, schedule, batching):
+    """Not the logged λ: the λ that the distillation loss is called with, step by step (a spy injected into each
+    task's teacher objective through train_run's objectives seam)."""
+    from manytask.distill.teacher import write_targets
 
     tasks = [{"name": "sst2", "max_train": 24}, {"name": "stsb", "max_train": 24}]
     train_run(load_config(data={**tiny_config, "tasks": tasks}), tmp_path / "teacher")
-    teacher_mod.write_targets(tmp_path / "teacher", tmp_path / "store")
+    write_targets(tmp_path / "teacher", tmp_path / "store")
     received: list[tuple[str, float]] = []
-    real = teacher_mod.distill_loss
 
-    def spy(spec, logits, labels, teacher, lam, temperature=1.0):
-        received.append((spec.name, lam))
-        return real(spec, logits, labels, teacher, lam, temperature)
+    def objectives(spec, entry, train, distill):
+        built = task_objectives(spec, entry, train, distill)
+        real = built.own.soft_loss
 
-    monkeypatch.setattr(teacher_mod, "distill_loss", spy)
+        def spy(logits, labels, teacher, lam, temperature):
+            received.append((spec.name, lam))
+            return real(logits, labels, teacher, lam, temperature)
+
+        built.own.soft_loss = spy
+        return built
+
     steps = 10
     student = {**tiny_config, "tasks": tasks,
                "train": {**tiny_config["train"], "steps": steps, "eval_every": None, "batching": batching,
                          "group_by_length": False},
                "distill": {"targets": str(tmp_path / "store"), "schedule": schedule, "lam": 0.0}}
-    train_run(load_config(data=student), tmp_path / "student")
+    train_run(load_config(data=student), tmp_path / "student", objectives=objectives)
     plan = [json.loads(l) for l in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()][0]
     assert plan["event"] == "plan" and plan["batching"] == batching
     expected = [s / steps if schedule == "linear" else 0.0 for s in range(steps)]
@@ -214,6 +231,7 @@ def test_the_loss_receives_the_annealed_lambda_at_every_step(mini_glue, tiny_con
         assert by_step[-1][0] == pytest.approx((steps - 1) / steps)
 
 
+@pytest.mark.slow
 def test_rounds_and_finetuning_chain_their_recipes(study):
     cfg, out = study
     round3 = load_config(recipe_dir(out, 1, cfg.recipe("S→M→S")) / "sst2" / "config.yaml")
@@ -228,6 +246,7 @@ def test_rounds_and_finetuning_chain_their_recipes(study):
     assert mixed.train.batching == "mixed" and mixed.train.lr == cfg.multi.lr
 
 
+@pytest.mark.slow
 def test_finished_stages_are_reused_and_seeds_can_be_added(study):
     cfg, out = study
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed-*/*/scores.json")}
@@ -240,6 +259,7 @@ def test_finished_stages_are_reused_and_seeds_can_be_added(study):
     prepare(cfg.model_copy(update={"seeds": [1, 2]}), out)  # back to what ran, for the other tests
 
 
+@pytest.mark.slow
 def test_a_study_can_gain_recipes_but_not_change_them(study):
     cfg, out = study
     saved = (out / "study.yaml").read_text()
@@ -260,6 +280,7 @@ def test_a_study_can_gain_recipes_but_not_change_them(study):
         (out / "study.yaml").write_text(saved)
 
 
+@pytest.mark.slow
 def test_report_of_the_debug_study(study):
     """The report rebuilt from the runs: every recipe's medians are the medians of its seeds' scores.json."""
     cfg, out = study
@@ -354,8 +375,9 @@ def _hand_study(tmp_path: Path, family: str = "report") -> Path:
 
 
 def test_report_medians_differences_and_p_values_by_hand(tmp_path):
-    from manytask.report.bam import build
     from scipy.stats import t as student_t
+
+    from manytask.report.bam import build
 
     rep = build(_hand_study(tmp_path))
     # medians of four seeds: the mean of the middle two
@@ -433,8 +455,9 @@ def test_report_does_not_compare_the_avg_of_recipes_that_scored_other_tasks(tmp_
 
 def test_report_compares_recipes_on_each_slice_by_hand(tmp_path):
     """The report's comparisons repeated on each slice: mean paired difference, t-test, Holm over the slice table."""
-    from manytask.report.bam import build, markdown
     from scipy.stats import t as student_t
+
+    from manytask.report.bam import build, markdown
 
     out = _hand_study(tmp_path)
     cfg = load_study(out / "study.yaml", saved=True)

@@ -139,13 +139,13 @@ def test_submit_says_why_it_wrote_nothing(tmp_path, tiny_config):
 
 def test_any_run_is_bundled_served_and_asked_as_one_model(mini_glue, tiny_config, tmp_path):
     import pytest
-    import torch
     from fastapi.testclient import TestClient
 
+    from manytask import api
+    from manytask.bundles import Bundle
     from manytask.runs import Run
     from manytask.serving.app import create_app
-    from manytask.serving.bundle import Bundle
-    from manytask.serving.predictor import MergedPredictor, answer, tokenize
+    from manytask.serving.predictor import MergedPredictor
 
     tiny_config["tasks"] = ["sst2", "cola", "stsb"]
     tiny_config["train"].update(steps=4, eval_every=None)
@@ -158,10 +158,7 @@ def test_any_run_is_bundled_served_and_asked_as_one_model(mini_glue, tiny_config
     # the bundle's answers are the run's own model's (its last checkpoint), for every task at once
     model = Run.open(run).model_for()
     texts = ["good fine day", "awful grim cold"]
-    batch = tokenize(Run.open(run).tokenizer(), texts, None, 32)
-    with torch.inference_mode():
-        want = answer(model.specs["sst2"], model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                                 tasks=["sst2"])["sst2"])
+    want = [a.to_json() for a in api.Model(model, Run.open(run).tokenizer(), 32).predict(texts, task="sst2")]
     with TestClient(create_app(MergedPredictor(bundle))) as c:
         got = c.post("/v1/predict", json={"inputs": [{"text": t} for t in texts]}).json()
     assert got["tasks"] == ["cola", "sst2"]

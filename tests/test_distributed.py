@@ -16,6 +16,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # several processes
+
 TOLERANCE = 1e-5  # float sums in another order (per-rank partial sums, all-reduced): not bit-identical
 
 

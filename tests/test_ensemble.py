@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from manytask.cli import app as cli_app
 from manytask.config import load_config
-from manytask.ensemble import Ensemble, EnsembleError, combine
-from manytask.evaluation.predict import Predictions
+from manytask.evaluation.scoring import Predictions
+from manytask.metal.ensemble import Ensemble, EnsembleError, combine
 from manytask.runs import Run, train_run
 from manytask.tasks import glue_task
 

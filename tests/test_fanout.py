@@ -12,6 +12,8 @@ from manytask.distill.study import recipe_dir, run_study
 from manytask.fanout import run_graph
 from tests.conftest import TINY, write_mini_glue
 
+pytestmark = pytest.mark.slow  # several processes
+
 STUDY = {"name": "fan", "seeds": [1, 2], "tasks": [{"name": "sst2", "max_train": 24}, {"name": "stsb", "max_train": 24}],
          "model": dict(TINY), "single": {"batch_size": 8, "steps": 3, "progress": False},
          "multi": {"batch_size": 8, "steps": 3, "progress": False},

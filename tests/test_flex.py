@@ -13,17 +13,21 @@ import torch
 from transformers import BertConfig, BertModel
 from typer.testing import CliRunner
 
+from manytask.bundles import Bundle, BundleError, TaskPackage, load_package, package_from_run
+from manytask.bundles import package as package_mod
+from manytask.bundles import store as store_mod
 from manytask.cli import app
-from manytask.distill.store import TeacherTargets
+from manytask.config import DistillConfig
+from manytask.data.features import TaskBatch
+from manytask.data.target_store import TeacherTargets
 from manytask.flex.pipeline import best_partial, select_mixed
-from manytask.models.multitask import MultiTaskModel
+from manytask.inference import tokenize
+from manytask.io import tensors_hash
+from manytask.models.multitask import MultiTaskModel, TaskOutput
 from manytask.report.flex import write_report
 from manytask.runs import Run
-from manytask.serving import bundle as bundle_mod
-from manytask.serving.bundle import Bundle, BundleError, TaskPackage, load_package, package_from_run
-from manytask.serving.predictor import tokenize
 from manytask.tasks import glue_task
-from manytask.training.losses import hinton_loss
+from manytask.training.objectives import TeacherObjective, value
 
 TEXTS = ["good fine lovely day", "awful dull grim cold", "warm bright great", "poor bad"]
 PAIRS = ["good day", "cold grim", "bright warm", "bad"]
@@ -59,7 +63,7 @@ def test_a_branch_copies_the_top_layers_and_the_trunk_runs_once():
     # before any training the branched model equals the plain encoder
     plain = MultiTaskModel(enc, [spec("x")]).eval()
     plain.heads["x"].load_state_dict(model.heads["x"].state_dict())
-    assert torch.allclose(out["x"], plain(ids, torch.ones_like(ids))["x"], atol=1e-6)
+    assert torch.allclose(out["x"].logits, plain(ids, torch.ones_like(ids))["x"].logits, atol=1e-6)
 
 
 def test_a_compressed_branch_starts_on_the_teachers_split_with_its_bottom_layers():
@@ -122,6 +126,11 @@ def test_selection_reproduces_the_papers_mixed_rows_and_overheads():
         assert round(sum(100 * s for s, _, _ in mixed_rows[delta]) / len(tasks), 1) == row["avg"], delta
 
 
+def hinton_loss(spec, student, gold, teacher, lam, temperature):
+    cfg = DistillConfig(targets="-", schedule="constant", lam=lam, temperature=temperature, style="hinton")
+    return value(TeacherObjective(spec, cfg, teacher), TaskOutput(student), TaskBatch(None, torch.arange(len(gold)), gold))
+
+
 def test_hinton_loss_by_hand():
     import math
 
@@ -140,6 +149,7 @@ def test_hinton_loss_by_hand():
 
 
 # ---- the pipeline at debug scale ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pipeline_runs_every_variant_and_keeps_the_trunk_frozen(flex_run):
     cfg, out, result = flex_run
     L = result["encoder_layers"]
@@ -163,13 +173,14 @@ def test_pipeline_runs_every_variant_and_keeps_the_trunk_frozen(flex_run):
         targets = TeacherTargets.load(out / task / f"partial-k{k_t}" / "targets" / f"{task}.safetensors")
         assert targets.teacher["layers"] == k_t and targets.teacher["checkpoint"] == "best"
     # every partial and KD run leaves the trunk as it was: one trunk hash across them, another for full
-    hashes = {bundle_mod.tensors_hash(bundle_mod.trunk_tensors(Run.open(out / t / r).model_for(t).state_dict()))
+    hashes = {tensors_hash(package_mod.trunk_tensors(Run.open(out / t / r).model_for(t).state_dict()))
               for t in result["tasks"] for r in ("partial-k2", "partial-k3", "kd-1")}
     assert len(hashes) == 1
     full = Run.open(out / "sst2" / "full").model_for("sst2").state_dict()
-    assert bundle_mod.tensors_hash(bundle_mod.trunk_tensors(full)) not in hashes
+    assert tensors_hash(package_mod.trunk_tensors(full)) not in hashes
 
 
+@pytest.mark.slow
 def test_the_student_starts_from_the_teacher_branchs_bottom_layers(flex_run):
     """The KD student's initial weights are exactly the teacher's trunk, and the teacher branch's bottom
     layers from the checkpoint the teacher was scored with (built by the code path training uses)."""
@@ -188,6 +199,7 @@ def test_the_student_starts_from_the_teacher_branchs_bottom_layers(flex_run):
         assert any(k.startswith(f"branches.{task}.1.") for k in teacher)  # the teacher had more layers
 
 
+@pytest.mark.slow
 def test_report_has_table_2_rows_and_a_plot(flex_run):
     cfg, out, result = flex_run
     rep = write_report(out, cfg.mixed.delta)
@@ -214,7 +226,8 @@ def encode(bundle: Bundle, texts=TEXTS, pairs=None) -> dict:
 
 def outputs(model, batch, tasks) -> dict[str, torch.Tensor]:
     with torch.inference_mode():
-        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=tasks)
+        out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], tasks=tasks)
+    return {t: o.logits for t, o in out.items()}
 
 
 @pytest.fixture
@@ -316,14 +329,14 @@ def test_an_interrupted_update_leaves_the_previous_bundle_intact(flex_run, bundl
         raise KeyboardInterrupt("power cut")
 
     # 1. killed while writing the new task's files
-    monkeypatch.setattr(bundle_mod, "save_file", crash)
+    monkeypatch.setattr(package_mod, "save_tensors", crash)
     with pytest.raises(KeyboardInterrupt):
         bundle.put(pkg)
     monkeypatch.undo()
     assert (bundle.root / "manifest.json").read_bytes() == manifest
     assert not list((bundle.root / "tasks").glob(".staging-*"))
     # 2. killed after the new task directory was in place, before the manifest was replaced
-    monkeypatch.setattr(bundle_mod, "atomic_write_json", crash)
+    monkeypatch.setattr(store_mod, "atomic_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         bundle.put(pkg)
     monkeypatch.undo()

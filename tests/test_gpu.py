@@ -28,8 +28,8 @@ def test_a_gpu_run_evaluates_the_same_on_the_cpu(mini_glue, tiny_config, tmp_pat
 def test_a_bundle_is_served_from_the_gpu(flex_run):
     from fastapi.testclient import TestClient
 
+    from manytask.bundles import Bundle
     from manytask.serving.app import create_app
-    from manytask.serving.bundle import Bundle
     from manytask.serving.predictor import MergedPredictor
 
     cpu = MergedPredictor(Bundle(flex_run[1] / "bundle"), "cpu")

@@ -1,25 +1,45 @@
+"""Each kind's metrics against hand-computed values, the GLUE average, devices and precisions."""
+
 import math
 
+import numpy as np
 import pytest
 
-from manytask.evaluation.metrics import collapsed, compute_metrics, glue_average
+from manytask.evaluation.metrics import glue_average
+from manytask.kinds import get_kind
+from manytask.kinds.classification import collapsed
+from manytask.records import Features, Predictions
+from manytask.tasks import TaskSpec
+
+
+def _spec(kind: str, metrics: list[str], **kw) -> TaskSpec:
+    return TaskSpec(name="t", kind=kind, text_fields=["text"], label_field="label", metrics=metrics,
+                    splits={"dev": {"path": "dev.tsv", "role": "dev"}}, **kw)
+
+
+def _score(spec: TaskSpec, gold, values) -> dict:
+    kind = get_kind(spec.kind)
+    feats = Features([str(i) for i in range(len(gold))], [], [], [kind.target(spec, g) for g in gold])
+    return kind.score(spec, Predictions(feats.ids, np.asarray(values), None), feats)
 
 
 def test_against_hand_computed_values():
-    y, p = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
-    m = compute_metrics(["accuracy", "f1", "matthews"], y, p)
+    spec = _spec("classification", ["accuracy", "f1", "matthews"], labels=["0", "1"])
+    m = _score(spec, [1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
     assert m["accuracy"] == pytest.approx(3 / 5)
     # tp=2 fp=1 fn=1 -> F1 = 2*2/(2*2+1+1)
     assert m["f1"] == pytest.approx(4 / 6)
     # tn=1: MCC = (tp*tn - fp*fn)/sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) = (2-1)/sqrt(3*3*2*2)
     assert m["matthews"] == pytest.approx(1 / 6)
+    assert not m["collapsed"] and m["n"] == 5
 
 
 def test_correlations():
-    m = compute_metrics(["pearson", "spearman"], [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 10.0])
+    spec = _spec("regression", ["pearson", "spearman"], label_range=(0.0, 10.0))
+    m = _score(spec, [1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 10.0])
     assert m["spearman"] == pytest.approx(1.0)
     assert m["pearson"] == pytest.approx(14 / 250 ** 0.5)
-    assert compute_metrics(["pearson"], [1.0, 2.0], [3.0, 3.0])["pearson"] == 0.0  # constant output
+    assert _score(spec, [1.0, 2.0], [3.0, 3.0])["pearson"] == 0.0  # constant output
 
 
 def test_collapse_and_average():
@@ -27,27 +47,35 @@ def test_collapse_and_average():
     assert glue_average({"cola": 0.5, "rte": 0.7, "wnli": 0.1}, excluded=["wnli"]) == pytest.approx(0.6)
     assert math.isnan(glue_average({}))
     with pytest.raises(ValueError):
-        compute_metrics(["accuracy"], [1], [1, 0])
+        _score(_spec("classification", ["accuracy"], labels=["0", "1"]), [1], [1, 0])
 
 
-def test_bf16_warns_where_the_cpu_emulates_it(monkeypatch, caplog):
-    import manytask.training.devices as predict_mod
+def test_bf16_warns_where_the_cpu_emulates_it(caplog):
+    from manytask.runtime import autocast, warn_emulated_bf16
 
-    monkeypatch.setattr(predict_mod, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(predict_mod, "_warned_bf16", False)
-    with predict_mod.autocast("bf16"):
+    warn_emulated_bf16.cache_clear()
+    with autocast("bf16", native_bf16=False):
         pass
     assert "no native bf16" in caplog.text
     caplog.clear()
-    with predict_mod.autocast("fp32"):
+    with autocast("bf16", native_bf16=True), autocast("fp32"):
         pass
     assert caplog.text == ""
+
+
+def test_unresolved_precisions_are_refused_by_autocast():
+    """``auto`` reached autocast raw and ran as fp16: only resolved precisions are taken now."""
+    from manytask.runtime import DeviceError, autocast
+
+    for bad in ("auto", "fp8", "int8"):
+        with pytest.raises(DeviceError, match="not resolved"):
+            autocast(bad)
 
 
 def test_devices_and_precisions_resolve_or_refuse(monkeypatch):
     import torch
 
-    from manytask.training.devices import resolve_device, resolve_precision
+    from manytask.runtime import resolve_device, resolve_precision
 
     monkeypatch.delenv("MANYTASK_DEVICE", raising=False)
     want = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")

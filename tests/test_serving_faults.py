@@ -16,9 +16,9 @@ import torch
 import uvicorn
 from fastapi.testclient import TestClient
 
+from manytask.bundles import Bundle, package_from_run
 from manytask.serving.app import Limits, create_app
 from manytask.serving.batcher import MicroBatcher
-from manytask.serving.bundle import Bundle, package_from_run
 from manytask.serving.predictor import MergedPredictor
 from manytask.serving.protocol import protocol_with
 from tests.test_flex import other_run, selected_run
@@ -356,8 +356,11 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(bundle, flex
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, settings
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
-                                                    status_code_conformance)
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     with LiveServer(make_app(bundle, flex_run)) as srv:

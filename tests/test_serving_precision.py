@@ -10,8 +10,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from manytask.bundles import Bundle, package_from_run
 from manytask.serving.app import create_app
-from manytask.serving.bundle import Bundle, package_from_run
 from manytask.serving.precision import PrecisionError, compare, dev_scores, score_precisions
 from manytask.serving.predictor import MergedPredictor
 from tests.test_flex import TEXTS, other_run
@@ -46,9 +46,9 @@ def test_dev_scores_per_precision_are_cached_and_served(mini_glue, bundle, monke
     assert scores["fp32"]["sst2"]["n"] == 24 and scores["fp32"]["stsb"]["metric"] == "spearman"
     cached = sorted(p.name for p in (bundle.root / "scores").iterdir())
     assert len(cached) == 6 and all(p.endswith((".fp32.json", ".int8.json")) for p in cached)
-    import manytask.evaluation.predict as predict_mod
+    import manytask.evaluation.scoring as predict_mod
 
-    monkeypatch.setattr(predict_mod, "evaluate_task", lambda *a, **k: pytest.fail("should come from the cache"))
+    monkeypatch.setattr(predict_mod, "evaluate_features", lambda *a, **k: pytest.fail("should come from the cache"))
     assert dev_scores(bundle, bundle.merged_model(), "int8", mini_glue) == scores["int8"]
     with TestClient(create_app(MergedPredictor(bundle, precision="int8"), dev_scores=scores)) as c:
         tasks = {t["name"]: t for t in c.get("/v1/tasks").json()["tasks"]}
@@ -58,7 +58,7 @@ def test_dev_scores_per_precision_are_cached_and_served(mini_glue, bundle, monke
 def test_a_costly_precision_is_refused_unless_forced(mini_glue, bundle, monkeypatch):
     base = {"a": {"score": 0.80}, "b": {"score": 0.70}, "c": {"unscored": "no data"}}
     assert compare(base, {"a": {"score": 0.797}, "b": {"score": 0.69}}, 0.5) == ["b: 70.0 -> 69.0"]
-    from manytask.cli import _checked_scores
+    from manytask.serving.launch import checked_scores as _checked_scores
 
     monkeypatch.setenv("MANYTASK_GLUE_DIR", str(mini_glue))
     with pytest.raises(PrecisionError, match="costs more than -1.0 points"):

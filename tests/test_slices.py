@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from manytask.config import SliceFunction, SlicesConfig, load_config
+from manytask.data.features import TaskBatch
 from manytask.data.readers import Example
 from manytask.data.slices import SliceError, membership
-from manytask.evaluation.metrics import compute_metrics
+from manytask.models.multitask import TaskOutput
 from manytask.runs import Run, train_run
 from manytask.tasks import glue_task
-from manytask.training.losses import masked_mean, slice_losses
+from manytask.training.objectives import SliceHeadsObjective, value
 
 EXAMPLES = [Example(f"t/dev/{i}", a, b, 0, str(i)) for i, (a, b) in enumerate([
     ("He said she would come, and they did!", None),
@@ -51,14 +52,15 @@ def test_a_failing_function_names_the_slice_and_the_example():
         SlicesConfig(functions=[SliceFunction(name="a", kind="length", min=1)] * 2)
 
 
-def test_masked_losses_average_over_the_members_only():
-    values, mask = torch.tensor([1.0, 2.0, 3.0, 10.0]), torch.tensor([1.0, 0.0, 1.0, 0.0])
-    assert masked_mean(values, mask).item() == pytest.approx(2.0)
-    assert masked_mean(values, torch.zeros(4)).item() == 0.0
-    spec = glue_task("sst2")
-    logits = {"sst2#a": torch.tensor([[0.0, 0.0], [5.0, -5.0]]), "sst2": torch.zeros(2, 2)}
-    batch = {"labels": torch.tensor([1, 0]), "slice/a": torch.tensor([True, False])}
-    assert slice_losses(spec, "heads", logits, batch).item() == pytest.approx(np.log(2), abs=1e-6)
+def test_slice_heads_learn_the_task_on_members_only():
+    """A slice head is the task's kind with the labels of non-members masked out: the loss is the mean over the
+    slice's members (zero when the batch has none), summed over slices."""
+    objective = SliceHeadsObjective(glue_task("sst2"), ["a", "b"], 1.0)
+    out = TaskOutput(torch.zeros(2, 2), slices={"a": torch.tensor([[0.0, 0.0], [5.0, -5.0]]),
+                                                "b": torch.tensor([[0.0, 9.0], [0.0, 0.0]])})
+    batch = TaskBatch(None, torch.arange(2), torch.tensor([1, 0]),
+                      slices={"a": torch.tensor([True, False]), "b": torch.tensor([False, False])})
+    assert value(objective, out, batch).item() == pytest.approx(np.log(2), abs=1e-6)  # member 0 of a; b empty
 
 
 SLICES = {"functions": [{"name": "has_good", "kind": "contains_any", "words": ["good"]},
@@ -81,7 +83,7 @@ def test_every_score_has_its_slices(mini_glue, tiny_config, tmp_path):
     # the slice's accuracy is the accuracy on its members, by hand from the model's own predictions
     from manytask.data.features import encode
     from manytask.data.loading import load_tasks
-    from manytask.evaluation.predict import predict
+    from manytask.evaluation.scoring import predict
 
     run = Run.open(out)
     data = {d.name: d for d in load_tasks(run.cfg, with_train=False)[0]}
@@ -89,7 +91,7 @@ def test_every_score_has_its_slices(mini_glue, tiny_config, tmp_path):
     feats = encode(sst2.evals["dev"], sst2.spec, run.tokenizer(), 32)
     preds = predict(run.model_for(), sst2.spec, feats, 16, run.tokenizer().pad_token_id)
     members = [i for i, e in enumerate(sst2.evals["dev"]) if "good" in e.text_a.split()]
-    want = compute_metrics(["accuracy"], [feats.labels[i] for i in members], preds.values[members])["accuracy"]
+    want = float(np.mean(np.asarray(feats.labels)[members] == preds.values[members]))
     assert slices["has_good"]["accuracy"] == pytest.approx(want) and slices["has_good"]["n"] == len(members)
     assert "pearson" in result["tasks"]["stsb"]["dev"]["slices"]["long"]
     saved = json.loads((out / "eval.json").read_text())
@@ -97,15 +99,15 @@ def test_every_score_has_its_slices(mini_glue, tiny_config, tmp_path):
 
 
 def test_slice_heads_learn_on_members_and_stay_out_of_bundles(mini_glue, tiny_config, tmp_path):
-    from manytask.serving.bundle import package_from_run
+    from manytask.bundles import package_from_run
 
     out = tmp_path / "r"
     train_run(load_config(data=_cfg(tiny_config, "heads")), out)
     log = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"log"' in l]
     assert any("sst2/slices" in e["loss"] for e in log)
     state = Run.open(out).model_for().state_dict()
-    assert {k.split(".")[1] for k in state if k.startswith("slice_heads.")} == {
-        f"{t}__{s}" for t in ("sst2", "stsb") for s in ("has_good", "long", "nothing")}
+    assert {tuple(k.split(".")[1:3]) for k in state if k.startswith("slice_heads.")} == {
+        (t, s) for t in ("sst2", "stsb") for s in ("has_good", "long", "nothing")}
     pkg = package_from_run(out, "sst2", "last")
     assert not any("slice" in k for k in pkg.tensors)
 
@@ -113,9 +115,10 @@ def test_slice_heads_learn_on_members_and_stay_out_of_bundles(mini_glue, tiny_co
 def test_sbl_heads_train_predict_without_slicing_functions_and_are_served(mini_glue, tiny_config, tmp_path):
     from fastapi.testclient import TestClient
 
+    from manytask import api
+    from manytask.bundles import Bundle, package_from_run
     from manytask.serving.app import create_app
-    from manytask.serving.bundle import Bundle, package_from_run
-    from manytask.serving.predictor import MergedPredictor, answer, tokenize
+    from manytask.serving.predictor import MergedPredictor
 
     out = tmp_path / "r"
     train_run(load_config(data=_cfg(tiny_config, "sbl")), out)
@@ -129,10 +132,7 @@ def test_sbl_heads_train_predict_without_slicing_functions_and_are_served(mini_g
     for task in ("sst2", "stsb"):
         bundle.put(package_from_run(out, task, "last"))
     texts = ["good fine lovely", "awful dull grim cold"]
-    batch = tokenize(run.tokenizer(), texts, None, 32)
-    with torch.inference_mode():
-        want = answer(model.specs["sst2"], model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                                                 tasks=["sst2"])["sst2"])
+    want = [a.to_json() for a in api.Model(model, run.tokenizer(), 32).predict(texts, task="sst2")]
     with TestClient(create_app(MergedPredictor(bundle))) as c:
         res = c.post("/v1/predict", json={"inputs": [{"text": t} for t in texts], "tasks": ["sst2"]})
         assert res.status_code == 200, res.text
@@ -158,7 +158,7 @@ def test_a_study_recipe_trains_slice_heads_and_the_report_scores_each_slice(mini
     sliced = Run.open(recipe_dir(out, 1, cfg.recipe("Multi+slices")) / "run")
     assert plain.cfg.tasks[0].slices.mode == "eval" and sliced.cfg.tasks[0].slices.mode == "heads"
     assert not any(k.startswith("slice_heads.") for k in plain.model_for().state_dict())
-    assert any(k.startswith("slice_heads.sst2__") for k in sliced.model_for().state_dict())
+    assert any(k.startswith("slice_heads.sst2.") for k in sliced.model_for().state_dict())
     rep = write_report(out)
     rows = {(r["recipe"], r["slice"]): r for r in rep["slices"]}
     assert set(rows) == {(r, s) for r in ("Multi", "Multi+slices") for s in ("has_good", "long", "nothing")}

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from manytask.cli import app
 from manytask.config import TaskEntry, load_config
-from manytask.data.features import IGNORE, encode
+from manytask.data.features import encode
 from manytask.data.readers import DataError, read_split
-from manytask.evaluation.tagging import tagging_metrics
-from manytask.models.encoder import load_tokenizer
+from manytask.encoders.loading import load_tokenizer
+from manytask.kinds.tagging import tagging_metrics
+from manytask.records import IGNORE
 from manytask.runs import Run, train_run
 
 runner = CliRunner()
@@ -170,8 +171,8 @@ def test_predict_writes_tags_per_word(tagging_run, tmp_path):
 
 
 def test_a_tagging_task_goes_into_a_bundle_and_is_served(tagging_run, tmp_path):
+    from manytask.bundles import Bundle, package_from_run
     from manytask.serving.app import create_app
-    from manytask.serving.bundle import Bundle, package_from_run
     from manytask.serving.predictor import MergedPredictor
 
     base, out = tagging_run
@@ -189,7 +190,7 @@ def test_a_tagging_task_goes_into_a_bundle_and_is_served(tagging_run, tmp_path):
         assert got["sst2"]["label"] in ("0", "1")
     # the same tags as the run's own model on the same words
     from manytask.data.readers import Example
-    from manytask.evaluation.predict import predict
+    from manytask.evaluation.scoring import predict
 
     spec = next(s for s in run.specs() if s.name == "ner")
     ex = [Example("x", text, None, None, "1", text.split())]

@@ -75,11 +75,11 @@ def test_a_mixed_batch_goes_through_the_trunk_once_and_each_example_through_its_
     """The mixed-batch loss is the mean over the batch's examples of each one's own task loss."""
     import torch
 
-    from manytask.data.loading import load_tasks
     from manytask.data.features import collate
-    from manytask.models.encoder import load_encoder, load_tokenizer
+    from manytask.data.loading import load_tasks
+    from manytask.encoders.loading import load_encoder, load_tokenizer
+    from manytask.kinds import kind_of
     from manytask.runs import build_model, featurize
-    from manytask.training.losses import gold_loss
     from manytask.training.trainer import Trainer
 
     tiny_config["model"]["dropout"] = 0.0
@@ -95,14 +95,15 @@ def test_a_mixed_batch_goes_through_the_trunk_once_and_each_example_through_its_
     assert mixed, "the plan should hold batches with several tasks"
     step = mixed[0]
     model.eval()
-    loss, per_task = trainer._step_loss(step)
+    loss, per_task = trainer.step_loss(step)
     by_name = {f.spec.name: f for f in feats}
     want, n = 0.0, sum(len(i) for i in step.values())
     for task, idx in step.items():
-        b = collate(by_name[task].train, idx, tok.pad_token_id)
-        logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"], tasks=[task])[task]
-        own = gold_loss(by_name[task].spec, logits, b["labels"])
-        assert per_task[task] == pytest.approx(own.item(), abs=1e-5), task
+        inputs, batches = collate({task: (by_name[task].train, idx)}, tok.pad_token_id)  # the task's examples alone
+        logits = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], tasks=[task])[task].logits
+        total, count = kind_of(by_name[task].spec).loss(logits, batches[task].labels)
+        own = total / count
+        assert per_task[task].item() == pytest.approx(own.item(), abs=1e-5), task
         want += own.item() * len(idx) / n
     assert loss.item() == pytest.approx(want, abs=1e-5)
 

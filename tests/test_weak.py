@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from manytask.cli import app
 from manytask.config import load_config
 from manytask.data.readers import Example
-from manytask.distill.store import TeacherTargets
+from manytask.data.target_store import TeacherTargets
+from manytask.metal.weak import LabelingFunction, WeakError, analysis, apply
 from manytask.runs import train_run
 from manytask.tasks import glue_task
-from manytask.weak import LabelingFunction, WeakError, analysis, apply
 
 pytest.importorskip("snorkel")
 runner = CliRunner()

@@ -13,8 +13,7 @@ import os
 import random
 from pathlib import Path
 
-from manytask.data.readers import read_split
-from manytask.tasks import glue_task
+import manytask as mt
 
 
 def main() -> None:
@@ -25,11 +24,11 @@ def main() -> None:
     from textblob.en.taggers import PatternTagger
 
     tagger = PatternTagger()
-    glue = Path(os.environ.get("MANYTASK_GLUE_DIR", "../shared/glue"))
-    spec = glue_task("sst2")
+    os.environ.setdefault("MANYTASK_GLUE_DIR", "../shared/glue")
+    sst2 = mt.task_data({"tasks": ["sst2"]})["sst2"]
     args.out.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", args.train), ("dev", None)):
-        examples = read_split(spec, split, spec.split_root(glue))
+        examples = sst2.train if split == "train" else sst2.evals["dev"]
         if n is not None:
             examples = random.Random(0).sample(examples, n)
         with open(args.out / f"pos_{split}.jsonl", "w") as f:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from manytask.machine import cpu_info
+import manytask as mt
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -88,7 +88,7 @@ def main() -> None:
            "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        result = {"cpu": cpu_info(), "repeats": args.repeats, "training": training(tmp, args.repeats, env),
+        result = {"cpu": mt.cpu_info(), "repeats": args.repeats, "training": training(tmp, args.repeats, env),
                   "study": study(tmp, args.repeats, env)}
     tr, st = result["training"], result["study"]
     print(f"CPU: {result['cpu'].get('model')} ({result['cpu']['cores']} cores); medians of {args.repeats} interleaved runs")

@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from manytask.bundles.package import (BundleError, TaskPackage, check_task_name, package_from_run,
-                                      trunk_tensors)
+from manytask.bundles.package import BundleError, TaskPackage, check_task_name, package_from_run, trunk_tensors
 from manytask.encoders.loading import encoder_from_dir
 from manytask.io import atomic_write_json, file_sha256, load_tensors, save_tensors, tensors_hash
 from manytask.models.multitask import MultiTaskModel

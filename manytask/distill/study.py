@@ -20,8 +20,8 @@ from manytask.data.loading import MissingData, load_tasks
 from manytask.distill.recipes import Recipe, StudyConfig, dump_study, load_study, order
 from manytask.distill.teacher import write_targets
 from manytask.evaluation.scoring import summarize
-from manytask.runs import Run, train_run
 from manytask.io import atomic_write_json, atomic_write_text
+from manytask.runs import Run, train_run
 
 log = logging.getLogger(__name__)
 

@@ -88,6 +88,16 @@ class FlexConfig(StrictModel):
         return self
 
 
+def probe_config(cfg: "FlexConfig", tasks=None):
+    """A run config over the flex config's tasks (all, or those named), its data and model settings: what
+    reads their data the way the pipeline's runs do (same caps and re-splits)."""
+    from manytask.config import RunConfig
+
+    entries = [t for t in cfg.tasks if tasks is None or t.name in tasks]
+    return RunConfig(seed=cfg.seed, data_seed=cfg.data_seed, glue_dir=cfg.glue_dir, missing_glue=cfg.missing_glue,
+                     tasks=entries, model=cfg.model)
+
+
 def load_flex(path: Union[str, Path], overrides: Optional[list[str]] = None, saved: bool = False) -> FlexConfig:
     return load_model(FlexConfig, path, overrides, what="flex config", saved=saved)
 

@@ -11,16 +11,16 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from manytask.bundles import Bundle, package_from_run
 from manytask.config import ConfigError, DistillConfig, ModelConfig, RunConfig, TaskEntry, TrainConfig
 from manytask.data.loading import load_tasks
 from manytask.distill.teacher import write_targets
-from manytask.flex.config import FlexConfig, dump_flex, load_flex
 from manytask.encoders import adapter_class
 from manytask.encoders.loading import encoder_config
-from manytask.runs import Run, train_run
-from manytask.bundles import Bundle, package_from_run
+from manytask.flex.config import FlexConfig, dump_flex, load_flex, probe_config
 from manytask.io import atomic_write_json, atomic_write_text
 from manytask.kinds import kind_of
+from manytask.runs import Run, train_run
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,9 @@ class FlexPipeline:
                              "mixed": select_mixed(variants, ladder, c.mixed.delta, c.mixed.rule), **kd_rows}}
 
     def present(self) -> list[TaskEntry]:
-        c = self.cfg
-        probe = RunConfig(seed=c.seed, data_seed=c.data_seed, glue_dir=c.glue_dir, missing_glue=c.missing_glue,
-                          tasks=c.tasks, model=c.model)
-        data, self.skipped = load_tasks(probe, with_train=False)
+        data, self.skipped = load_tasks(probe_config(self.cfg), with_train=False)
         names = {d.name for d in data}
-        return [t for t in c.tasks if t.name in names]
+        return [t for t in self.cfg.tasks if t.name in names]
 
     def build_bundle(self, selection: dict) -> Path:
         root = self.out / "bundle"

@@ -175,8 +175,9 @@ class TaskKind:
     # ---- a worked example: the shared test of every kind runs it ------------------------------------------
     @classmethod
     def example(cls) -> dict:
-        """A small task of this kind: ``spec`` (TaskSpec fields), ``raw`` labels as a file writes them and,
-        for word-level kinds, ``words`` per example. The kinds' shared test trains, decodes and scores it."""
+        """A small task of this kind: ``spec`` (TaskSpec fields), ``raw`` labels as a file writes them, a
+        ``bad`` label the kind refuses and, for word-level kinds, ``words`` per example. The kinds' shared test
+        (tests/test_kinds.py) reads, trains, decodes, answers and scores it."""
         raise NotImplementedError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from manytask.kinds import register_kind
 from manytask.kinds.base import LabelError, TaskKind, Term, check_metrics
-from manytask.records import Features, Prediction, Predictions
+from manytask.records import Prediction, Predictions
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,4 @@ class Classification(TaskKind):
     @classmethod
     def example(cls) -> dict:
         return {"spec": {"labels": ["no", "yes"], "metrics": ["accuracy", "f1"]},
-                "raw": ["no", "yes", "yes", "no", "yes", "no"]}
-
-    def label_text(self, spec, label: Optional[int]) -> Optional[str]:
-        return None if label is None else spec.labels[int(label)]
+                "raw": ["no", "yes", "yes", "no", "yes", "no"], "bad": "maybe"}

@@ -137,4 +137,4 @@ class Regression(TaskKind):
 
     @classmethod
     def example(cls) -> dict:
-        return {"spec": {"label_range": [0.0, 5.0]}, "raw": ["0.5", "4.0", "2.5", "5", "1.25", "3"]}
+        return {"spec": {"label_range": [0.0, 5.0]}, "raw": ["0.5", "4.0", "2.5", "5", "1.25", "3"], "bad": "high"}

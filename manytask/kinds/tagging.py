@@ -116,6 +116,10 @@ class Tagging(TaskKind):
             out.append(index[t])
         return out
 
+    def target(self, spec, label) -> list[int]:
+        """Per word its tag index (the features put it on the word's first piece)."""
+        return list(label)
+
     def infer_labels(self, tags: Sequence[Sequence[str]]) -> list[str]:
         """The tag set of training examples (their tags as written): ``O`` first (where present), then sorted."""
         found = {t for row in tags for t in row}
@@ -164,7 +168,7 @@ class Tagging(TaskKind):
                  ["carl", "and", "anna"], ["oslo", "and", "rome"], ["bob", "went"]]
         tags = [["B-PER", "O", "O", "B-LOC"], ["B-PER", "I-PER", "O", "B-LOC"], ["O", "O"],
                 ["B-PER", "O", "B-PER"], ["B-LOC", "O", "B-LOC"], ["B-PER", "O"]]
-        return {"spec": {"labels": ["O", "B-LOC", "B-PER", "I-PER"]}, "raw": tags, "words": words}
+        return {"spec": {"labels": ["O", "B-LOC", "B-PER", "I-PER"]}, "raw": tags, "words": words, "bad": ["B-MISC"]}
 
 
 def _tag(spec, value) -> Optional[str]:

@@ -26,10 +26,10 @@ from manytask.data.readers import read_split
 from manytask.data.slices import predicate
 from manytask.data.target_store import TeacherTargets, targets_path
 from manytask.hooks import load_hook
+from manytask.io import atomic_write_json, atomic_write_text
 from manytask.kinds import kind_of
 from manytask.records import Example
 from manytask.tasks import SplitSpec, StrictModel, TaskSpec
-from manytask.io import atomic_write_json, atomic_write_text
 
 ABSTAIN = -1
 INSTALL = "pip install -e '.[weak]'"

@@ -10,6 +10,7 @@ from manytask.config import ConfigError, RunConfig
 from manytask.encoders.loading import load_encoder
 from manytask.errors import NotFound
 from manytask.io import load_tensors
+from manytask.models.checkpoints import CheckpointDir
 from manytask.models.multitask import MultiTaskModel
 from manytask.models.weights import upgrade_state_dict
 from manytask.runtime import seed_everything
@@ -42,9 +43,7 @@ def init_weights(model: MultiTaskModel, source: Path, tasks: list[str], which: s
     """Start from another run's weights: its last checkpoint (the trained model, as BAM and MeTaL
     fine-tune it), or with ``which="best"`` the checkpoint that was best on dev for the one task
     being trained. Every parameter of ``model`` must be found there with the same shape."""
-    from manytask.models.rundir import RunDir
-
-    ckpt = RunDir.checkpoints(source)
+    ckpt = CheckpointDir(Path(source) / "checkpoints")
     if which == "best":
         best = ckpt.best()
         if len(tasks) != 1 or tasks[0] not in best:

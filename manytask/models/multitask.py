@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from manytask.encoders import adapter_for
+from manytask.errors import ConfigError
 from manytask.kinds import get_kind, kind_of
 from manytask.models.heads import POOLERS, SBLHead
 from manytask.tasks import TaskSpec
@@ -53,7 +54,7 @@ class MultiTaskModel(nn.Module):
         self.adapter = adapter_for(encoder)  # not a module: the encoder's own modules are registered once
         if pooling == "pooler":
             if self.adapter.pooler is None:
-                raise ValueError("pooling 'pooler' needs the encoder's pretrained pooler (loaded with the encoder)")
+                raise ValueError("pooling 'pooler' needs the encoder's pooler (its pretrained weights, loaded with it)")
         elif pooling not in POOLERS:
             raise ValueError(f"unknown pooling {pooling!r} (known: {', '.join(POOLERS)}, pooler)")
         self.encoder = encoder
@@ -81,7 +82,7 @@ class MultiTaskModel(nn.Module):
         not inherit the quantised modules).
         """
         if not 0 <= layers <= self.num_layers or not 0 <= split <= self.num_layers - layers:
-            raise ValueError(f"task {task!r}: branch of {layers} layers from split depth {split} "
+            raise ConfigError(f"task {task!r}: branch of {layers} layers from split depth {split} "
                              f"does not fit a {self.num_layers}-layer encoder")
         self.split_depth[task] = split
         if task in self.branches:

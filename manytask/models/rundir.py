@@ -17,10 +17,10 @@ from manytask.config import RunConfig, load_config
 from manytask.encoders.loading import encoder_from_dir
 from manytask.errors import NotFound, UnknownTask
 from manytask.models.build import build_model
+from manytask.models.checkpoints import CheckpointDir
 from manytask.models.multitask import MultiTaskModel
 from manytask.models.weights import load_weights
 from manytask.runtime import resolve_device, resolve_precision
-from manytask.models.checkpoints import CheckpointDir
 
 
 class RunDir:
@@ -69,7 +69,7 @@ class RunDir:
     def spec(self, task: str):
         specs = {s.name: s for s in self.specs()}
         if task not in specs:
-            raise UnknownTask(f"unknown task {task!r}: the run has {', '.join(specs)}")
+            raise UnknownTask(f"{self.path}: the run has no task {task!r} (has: {', '.join(specs)})")
         return specs[task]
 
     def weights(self, task: Optional[str] = None, which: str = "best") -> Path:

@@ -14,6 +14,7 @@ from typing import Optional
 
 from manytask.distill.recipes import StudyConfig, load_study
 from manytask.distill.study import recipe_dir
+from manytask.errors import NotFound
 from manytask.evaluation.stats import holm, paired_test, spread
 from manytask.io import atomic_write_json, atomic_write_text
 
@@ -49,7 +50,7 @@ def build(out: Path) -> dict:
     cfg = load_study(out / "study.yaml", saved=True)
     scores = collect(out, cfg)
     if not scores:
-        raise FileNotFoundError(f"{out}: no finished stage yet (no seed-*/*/scores.json)")
+        raise NotFound(f"{out}: no finished stage yet (no seed-*/*/scores.json)")
     order = [e.name for e in cfg.tasks]
     tasks = [t for t in order if any(t in s["primary"] for per in scores.values() for s in per.values())]
     data = _data_json(out, scores)

@@ -28,8 +28,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from manytask.serving.batcher import MicroBatcher
 from manytask.bundles import BundleError, load_package
+from manytask.serving.batcher import MicroBatcher
 from manytask.serving.guard import RequestGuard
 from manytask.serving.predictor import MergedPredictor, Predictor
 

@@ -13,8 +13,8 @@ ENV = "MANYTASK_SERVE"
 
 
 def build_app(options: dict) -> FastAPI:
-    from manytask.serving.app import Limits, create_app
     from manytask.bundles import Bundle
+    from manytask.serving.app import Limits, create_app
     from manytask.serving.predictor import MergedPredictor, SeparatePredictor
 
     if options.get("bundle"):

@@ -14,45 +14,15 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import nn
 
 from manytask.bundles import Bundle
 from manytask.config import TaskEntry
 from manytask.data.loading import load_task
-from manytask.errors import ManytaskError
 from manytask.evaluation.scoring import evaluate_data, summarize
 from manytask.io import atomic_write_json
-from manytask.runtime import cpu_has_native_bf16
+from manytask.models.precision import PRECISIONS, PrecisionError, check, quantize, quantize_model  # noqa: F401
 
 log = logging.getLogger(__name__)
-PRECISIONS = ("fp32", "bf16", "int8")
-
-
-class PrecisionError(ManytaskError, ValueError):
-    """A precision this device cannot serve, or one that costs a task more than the tolerance."""
-
-
-def check(precision: str, device: torch.device) -> None:
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
-    if precision == "int8" and device.type != "cpu":
-        raise PrecisionError("int8 (dynamic quantisation) runs on the CPU; serve with --device cpu")
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        raise PrecisionError("bf16 on this CPU is emulated (no avx512_bf16/amx_bf16): far slower than fp32")
-
-
-def quantize(module: nn.Module) -> nn.Module:
-    """int8 weights for the linear layers of ``module`` (in place); activations are quantised per batch."""
-    return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
-
-
-def quantize_model(model) -> None:
-    """The trunk's layers and every task's branch; heads stay fp32 (small, and the last word on the answer)."""
-    quantize(model.encoder.encoder)
-    for branch in model.branches.values():
-        quantize(branch)
-
-
 def _eval_data(pkg, glue_dir: Path):
     ev = pkg.info.get("eval")
     entry = TaskEntry.model_validate(ev["entry"]) if ev else TaskEntry(name=pkg.spec.name)

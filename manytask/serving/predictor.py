@@ -18,6 +18,7 @@ import torch
 from manytask.bundles import Bundle, TaskPackage
 from manytask.inference import answer_batch
 from manytask.models.multitask import MultiTaskModel
+from manytask.models.precision import autocast_precision, check, quantize, quantize_model
 from manytask.models.rundir import RunDir
 from manytask.runtime import resolve_device
 from manytask.tasks import TaskSpec
@@ -52,15 +53,12 @@ def _json(answers) -> list[dict]:
 
 class MergedPredictor(Predictor):
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32"):
-        from manytask.serving.precision import check, quantize_model
-
         self.bundle = bundle
         self.tokenizer = bundle.tokenizer()
         self.max_length = bundle.manifest["trunk"]["max_seq_length"]
         self.device = resolve_device(device)
         check(precision, self.device)
-        self.weights = precision
-        self.precision = "bf16" if precision == "bf16" else "fp32"  # what autocast runs
+        self.weights, self.precision = precision, autocast_precision(precision)
         self.model: MultiTaskModel = bundle.merged_model().to(self.device)
         if precision == "int8":
             quantize_model(self.model)
@@ -85,8 +83,6 @@ class MergedPredictor(Predictor):
     def _attach(self, model: MultiTaskModel, name: str) -> None:
         self.bundle.package(name).attach(model)  # read back what was written
         if self.weights == "int8" and name in model.branches:
-            from manytask.serving.precision import quantize
-
             quantize(model.branches[name])
 
     def put(self, pkg: TaskPackage) -> dict:
@@ -132,11 +128,9 @@ class SeparatePredictor(Predictor):
     """One full single-task model per task (e.g. full fine-tuning runs): every task runs all L layers."""
 
     def __init__(self, runs: dict[str, Path], device: str = "cpu", precision: str = "fp32"):
-        from manytask.serving.precision import check, quantize_model
-
         self.device = resolve_device(device)
         check(precision, self.device)
-        self.weights, self.precision = precision, ("bf16" if precision == "bf16" else "fp32")
+        self.weights, self.precision = precision, autocast_precision(precision)
         self.models: dict[str, MultiTaskModel] = {}
         for task, run_dir in runs.items():
             run = RunDir.open(run_dir)

@@ -70,17 +70,24 @@ class TeacherObjective(Objective):
     teacher's logits looked up by example id once. ``style: hinton`` is lam * gold loss + (1 - lam) * T^2 * KL.
     ``soft_loss`` and ``kd_loss`` default to the kind's and may be replaced (a test's spy, say)."""
 
-    def __init__(self, spec: TaskSpec, cfg: DistillConfig, train: Features):
-        self.name, self.kind, self.cfg = spec.name, kind_of(spec), cfg
+    def __init__(self, spec: TaskSpec, cfg: DistillConfig, teacher: torch.Tensor):
+        """``teacher``: the teacher's logits, row i for training example i."""
+        self.name, self.kind, self.cfg, self.teacher = spec.name, kind_of(spec), cfg, teacher
         if not self.kind.distillable:
+            raise TargetError(f"task {spec.name!r}: distillation of {spec.kind} tasks is not supported")
+        self.soft_loss: Callable[..., Term] = self.kind.soft_loss
+        self.kd_loss: Callable[..., Term] = self.kind.kd_loss
+        self.gold_loss: Callable[..., Term] = self.kind.loss
+
+    @classmethod
+    def from_store(cls, spec: TaskSpec, cfg: DistillConfig, train: Features) -> "TeacherObjective":
+        """The teacher's logits read from ``cfg.targets``, checked against the task and aligned by example id."""
+        if not kind_of(spec).distillable:
             raise TargetError(f"task {spec.name!r}: distillation of {spec.kind} tasks is not supported")
         path = targets_path(Path(cfg.targets), spec.name)
         if not path.is_file():
             raise TargetError(f"task {spec.name!r}: no teacher targets at {path}")
-        self.teacher = TeacherTargets.load(path).aligned(spec, train.ids, str(path))
-        self.soft_loss: Callable[..., Term] = self.kind.soft_loss
-        self.kd_loss: Callable[..., Term] = self.kind.kd_loss
-        self.gold_loss: Callable[..., Term] = self.kind.loss
+        return cls(spec, cfg, TeacherTargets.load(path).aligned(spec, train.ids, str(path)))
 
     def lam(self, progress: float) -> float:
         return teacher_annealing(progress, self.cfg.schedule, self.cfg.lam)
@@ -162,6 +169,16 @@ class SliceBasedObjective(Objective):
         return total
 
 
+def value(objective: Objective, out: TaskOutput, batch: TaskBatch, progress: float = 0.0) -> torch.Tensor:
+    """The objective on one batch in one process: each term's sum over its count (zero where nothing counts),
+    combined. The trainer does the same with the counts reduced over the step's processes."""
+    means = []
+    for s, c in objective.terms(out, batch, progress):
+        c = torch.as_tensor(c, dtype=torch.float32, device=s.device)
+        means.append(s / c if c > 0 else s * 0.0)
+    return objective.combine(means)
+
+
 @dataclass
 class TaskObjectives:
     """A task's objectives in the order they are added up: its own first, then auxiliary, then slices."""
@@ -176,7 +193,7 @@ class TaskObjectives:
 def task_objectives(spec: TaskSpec, entry: TaskEntry, train: Features, distill: Optional[DistillConfig] = None
                     ) -> TaskObjectives:
     """The objectives a task's config entry asks for."""
-    own = TeacherObjective(spec, distill, train) if distill is not None else GoldObjective(spec)
+    own = TeacherObjective.from_store(spec, distill, train) if distill is not None else GoldObjective(spec)
     extra: list[Objective] = [AuxiliaryObjective(spec.name, a.name, a.weight) for a in entry.auxiliary]
     slices = entry.slices
     if slices is not None and slices.mode in ("heads", "sbl"):

@@ -20,15 +20,15 @@ import torch
 from tqdm import tqdm
 
 from manytask import runtime
-from manytask.runtime import seed_everything
-from manytask.config import SMALL_SLICE, TrainConfig
+from manytask.config import SMALL_SLICE, ConfigError, TrainConfig
 from manytask.data.samplers import Plan, batches_per_epoch, make_plan
 from manytask.evaluation.scoring import evaluate_features, summarize
-from manytask.models.multitask import MultiTaskModel
-from manytask.records import Features
-from manytask.tasks import TaskSpec
 from manytask.models.checkpoints import CheckpointDir
+from manytask.models.multitask import MultiTaskModel
 from manytask.models.weights import load_weights
+from manytask.records import Features
+from manytask.runtime import seed_everything
+from manytask.tasks import TaskSpec
 from manytask.training.objectives import TaskObjectives
 from manytask.training.optim import make_optimizer
 from manytask.training.step import StepTask, step_loss
@@ -76,7 +76,7 @@ class Trainer:
         sizes = {t.spec.name: len(t.train) for t in self.tasks}
         empty = [n for n, s in sizes.items() if s == 0]
         if empty:
-            raise ValueError(f"no training examples for task(s): {', '.join(empty)}")
+            raise ConfigError(f"no training examples for task(s): {', '.join(empty)}")
         per_epoch = batches_per_epoch(sizes, self.cfg.batch_size, self.cfg.batching)
         self.total_steps = self.cfg.steps or max(1, math.ceil(self.cfg.epochs * per_epoch))
         self.plan: Plan = make_plan(
@@ -172,7 +172,7 @@ class Trainer:
             return False
         step, weights, state = loaded
         if state["total_steps"] != self.total_steps:
-            raise ValueError(f"{self.run_dir}: checkpoint was made for {state['total_steps']} steps, "
+            raise ConfigError(f"{self.run_dir}: checkpoint was made for {state['total_steps']} steps, "
                              f"this config gives {self.total_steps}: resume with the run's own config")
         load_weights(weights, self.model)
         self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,294 @@
+"""The public Python API: everything the command line does, for notebooks and scripts.
+
+    import manytask as mt
+    run = mt.train("configs/demo.yaml", out="runs/demo", overrides={"train.epochs": 1})   # or a dict config
+    run.scores()                                         # Scores: per-task dev metrics and the average
+    model = run.model()                                  # loaded once, cached
+    model.predict(["A gem of a film."], task="sst2")     # [Prediction(task='sst2', label='1', probs={...})]
+    model.predict([("A man plays.", "Someone plays.")])  # every pair task: [{'mrpc': Prediction, ...}]
+    model.to_bundle("runs/demo/bundle"); mt.Bundle("runs/demo/bundle").model().predict(["..."])
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from manytask import bundles, inference, runs
+from manytask.config import RunConfig, load_config
+from manytask.errors import ConfigError
+from manytask.records import Prediction  # noqa: F401 (what predict returns)
+
+ConfigLike = Union[str, Path, dict, RunConfig]
+Overrides = Union[dict[str, Any], Sequence[str], None]
+
+
+def _override_list(overrides: Overrides) -> list[str]:
+    """``{"train.lr": 3e-5}`` or ``["train.lr=3e-5"]`` -> the ``--set`` strings the configs take."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    return list(overrides)
+
+
+def config(source: ConfigLike, overrides: Overrides = None) -> RunConfig:
+    """A run config from a YAML file, a dict or a RunConfig, with overrides applied; errors name the key."""
+    if isinstance(source, RunConfig):
+        return load_config(data=source.model_dump(mode="json", exclude_none=True), overrides=_override_list(overrides))
+    if isinstance(source, dict):
+        return load_config(data=json.loads(json.dumps(source)), overrides=_override_list(overrides))
+    return load_config(Path(source), _override_list(overrides))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Dev scores of a model: per task its primary score and every split's metrics, and the GLUE-style average
+    (WNLI excluded). ``checkpoint``: ``last`` (one model) or ``best`` (each task its own best checkpoint)."""
+
+    average: float
+    primary: dict[str, float]
+    tasks: dict[str, dict[str, dict]]
+    titles: dict[str, dict[str, str]]
+    checkpoint: str
+    skipped: list[str]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scores":
+        return cls(d["average"], d["primary"], d["tasks"], d.get("titles", {}), d.get("checkpoint", "last"),
+                   d.get("skipped", []))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class Model(inference.Model):
+    """A trained multi-task model ready to answer (``predict``), to be scored on its tasks' dev data
+    (``scores``), and to be written as a bundle to serve."""
+
+    def scores(self, config_: ConfigLike, batch_size: int = 64) -> Scores:
+        """Dev scores of this model (in its precision) on the tasks of a config that it has, each task's dev data
+        read as the config says (caps, re-splits)."""
+        from manytask.evaluation.scoring import evaluate_data, summarize
+
+        data = [d for d in task_data(config_, with_train=False).values() if d.name in self.net.specs]
+        results = {d.name: evaluate_data(self.net, d, self.tokenizer, self.max_length, batch_size, self.precision)
+                   for d in data}
+        return Scores.from_dict({**summarize(results, {d.name: d.spec for d in data}), "checkpoint": "given",
+                                 "titles": {d.name: d.eval_titles for d in data}})
+
+    def to_bundle(self, path: Union[str, Path], origin: Optional[dict] = None) -> "Bundle":
+        """Write this model as a bundle (its encoder as the trunk, each task a package) and return it."""
+        bundles.Bundle.create(Path(path), self.net.share([]), self.tokenizer, self.max_length, origin)
+        bundle = Bundle(path)
+        for name in self.tasks:
+            bundle.put(bundles.TaskPackage.from_model(self.net, name, {"max_seq_length": self.max_length}))
+        return bundle
+
+
+class Run(runs.Run):
+    """A trained run directory: scores, a model to predict with, prediction and submission files, a bundle."""
+
+    def scores(self, which: str = "last", write: bool = False) -> Scores:
+        """Dev scores of the last checkpoint (one model), or of each task's best (``which="best"``). Writes
+        RUN/eval.json only when ``write`` is true."""
+        return Scores.from_dict(self.evaluate(which, write=write))
+
+    def model(self, which: str = "last", device: Optional[str] = None, precision: str = "fp32") -> Model:
+        """The run's model (its last checkpoint; ``which="best"`` needs one task, or a frozen trunk), loaded
+        once and kept."""
+        key = (which, device, precision)
+        cache = self.__dict__.setdefault("_api_models", {})
+        if key not in cache:
+            task = self.specs()[0].name if which == "best" and len(self.specs()) == 1 else None
+            if which == "best" and task is None:
+                raise ConfigError(f"{self.path}: which='best' picks one task's checkpoint; this run has several tasks "
+                                  "(use the last checkpoint, or run.model_for(task, 'best'))")
+            cache[key] = Model(self.model_for(task, which), self.tokenizer(), self.cfg.model.max_seq_length,
+                               device or str(self.device), precision)
+        return cache[key]
+
+    def predict_file(self, task: str, input: Union[str, Path], output: Union[str, Path],
+                     text_fields: Optional[list] = None, id_field: Optional[str] = None) -> int:
+        """One prediction per record of ``input`` into ``output`` (.jsonl, or TSV/CoNLL); returns the count."""
+        from manytask.evaluation.submit import predict_file
+
+        return predict_file(self, task, Path(input), Path(output), text_fields, id_field)
+
+    def submit(self, out: Union[str, Path]) -> tuple[list[str], list[str]]:
+        """GLUE leaderboard files and ``<task>.tsv`` for user tasks' test files: (written, notes)."""
+        from manytask.evaluation.submit import write_submission
+
+        return write_submission(self, Path(out))
+
+    def to_bundle(self, path: Union[str, Path], which: str = "last") -> "Bundle":
+        """The run as one bundle (``which="best"``: each task's best checkpoint; needs a frozen trunk)."""
+        bundles.Bundle.from_run(self.path, Path(path), which)
+        return Bundle(path)
+
+    def write_targets(self, store: Union[str, Path], which: str = "best") -> list[Path]:
+        """The run's predictions on its training examples as a teacher-target store."""
+        from manytask.distill.teacher import write_targets
+
+        return write_targets(self.path, Path(store), which)
+
+
+class Bundle(bundles.Bundle):
+    """A bundle directory: a trunk and task packages; add, update or remove one task at a time."""
+
+    def model(self, tasks: Optional[list[str]] = None, device: str = "cpu", precision: str = "fp32") -> Model:
+        return Model(self.merged_model(tasks), self.tokenizer(), self.manifest["trunk"]["max_seq_length"], device,
+                     precision)
+
+    def score(self, precision: str = "int8", glue_dir: Optional[Union[str, Path]] = None) -> dict:
+        """Every task's dev score in fp32 and ``precision`` (cached in the bundle for ``serve``)."""
+        from manytask.serving.precision import score_precisions
+
+        return score_precisions(self, precision, resolve_glue_dir(glue_dir))
+
+
+def train(config_: ConfigLike, out: Union[str, Path], overrides: Overrides = None, resume: bool = False,
+          stop_at: Optional[int] = None) -> Run:
+    """Train a run into ``out`` (or resume it) and return it; ``run.scores()`` gives its dev scores."""
+    cfg = config(config_, overrides)
+    runs.train_run(cfg, Path(out), resume=resume, stop_at=stop_at)
+    return Run.open(Path(out)) if (Path(out) / "checkpoints").exists() else Run(Path(out), cfg)
+
+
+def task_data(config_: ConfigLike, with_train: bool = True) -> dict:
+    """Each task's data as a run reads it (files, caps, re-splits): name -> TaskData (spec, train, evals)."""
+    from manytask.data.loading import load_tasks
+
+    data, _ = load_tasks(config_ if isinstance(config_, RunConfig) else config(config_), with_train=with_train)
+    return {d.name: d for d in data}
+
+
+def flex_config(path: Union[str, Path], tasks: Optional[list[str]] = None) -> RunConfig:
+    """A flex run's tasks, data and model settings as a run config (``task_data`` reads its dev sets)."""
+    from manytask.flex.config import load_flex, probe_config
+
+    path = Path(path)
+    return probe_config(load_flex(path / "flex.yaml" if path.is_dir() else path, saved=True), tasks)
+
+
+def encoder_path(name: str = "default") -> str:
+    """Where an encoder name leads (``default``: the packaged all-MiniLM-L6-v2 directory)."""
+    from manytask.encoders.loading import resolve_encoder
+
+    return resolve_encoder(name)
+
+
+def cpu_info() -> dict:
+    """The CPU a measurement ran on (model, cores, the flags that decide bf16 and int8 speed)."""
+    from manytask.machine import cpu_info as info
+
+    return info()
+
+
+def open_run(path: Union[str, Path]):
+    """A run directory, or an ensemble directory (``ensemble.json``): both score, predict and submit."""
+    from manytask.metal.ensemble import Ensemble
+
+    return Ensemble(Path(path)) if Ensemble.is_ensemble(Path(path)) else Run.open(Path(path))
+
+
+def resolve_glue_dir(glue_dir=None) -> Path:
+    """The GLUE directory: the one given, else $MANYTASK_GLUE_DIR, else ./data/glue."""
+    return Path(glue_dir) if glue_dir else RunConfig(tasks=["sst2"]).resolved_glue_dir()
+
+
+def glue_files(glue_dir: Optional[Union[str, Path]] = None) -> dict[str, dict[str, bool]]:
+    """GLUE task -> split -> is its file present (under ``glue_dir``, else $MANYTASK_GLUE_DIR, else ./data/glue)."""
+    from manytask.tasks import GLUE_TASKS
+
+    root = resolve_glue_dir(glue_dir)
+    return {t.name: {n: (t.split_root(root) / s.path).is_file() for n, s in t.splits.items()} for t in GLUE_TASKS.values()}
+
+
+# ---- studies and workflows --------------------------------------------------------------------------------
+def bam(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, seeds: Optional[list[int]] = None,
+        overrides: Overrides = None, workers: int = 0, address: Optional[str] = None) -> dict:
+    """A BAM study (teachers, target stores, students, fine-tuning) into ``out``, then its report."""
+    from manytask.distill.recipes import load_study
+    from manytask.distill.study import run_study
+    from manytask.report.bam import write_report
+
+    cfg = load_study(Path(config_), _override_list(overrides))
+    out = Path(out) if out else Path("runs") / cfg.name
+    run_study(cfg, out, seeds, workers, address)
+    return {"out": out, **write_report(out)}
+
+
+def flex(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, overrides: Overrides = None,
+         workers: int = 0, address: Optional[str] = None) -> dict:
+    """The flexible multi-task pipeline (partial fine-tuning, compression, selection) and its bundle."""
+    from manytask.flex.config import load_flex
+    from manytask.flex.pipeline import run_flex
+    from manytask.report.flex import write_report
+
+    cfg = load_flex(Path(config_), _override_list(overrides))
+    out = Path(out) if out else Path("runs") / cfg.name
+    result = run_flex(cfg, out, workers, address)
+    return {"out": out, "result": result, "report": write_report(out, cfg.mixed.delta), "bundle_choice": cfg.bundle}
+
+
+def report(path: Union[str, Path]) -> dict:
+    """Rebuild the report of a BAM study or a finished flex run from what its runs wrote."""
+    path = Path(path)
+    if (path / "study.yaml").exists():
+        from manytask.report.bam import write_report
+
+        return write_report(path)
+    if (path / "flex.yaml").exists() and (path / "selection.json").exists():
+        from manytask.flex.config import load_flex
+        from manytask.report.flex import write_report as write_flex_report
+
+        rep = write_flex_report(path, load_flex(path / "flex.yaml", saved=True).mixed.delta)
+        return {**rep, "plots": [str(path / "flex.png")]}
+    from manytask.errors import NotFound
+
+    raise NotFound(f"{path} is neither a study (study.yaml) nor a finished flex run (flex.yaml, selection.json)")
+
+
+def ensemble(run_dirs: Sequence[Union[str, Path]], task: str, out: Union[str, Path], mode: str = "mean"):
+    """Combine runs that share a task into an ensemble directory (``eval``, ``predict`` and ``submit`` take it)."""
+    from manytask.metal.ensemble import Ensemble
+
+    return Ensemble.create([Path(r) for r in run_dirs], task, Path(out), mode)
+
+
+def ensemble_members(config_: ConfigLike, task: str, k: int, out: Union[str, Path], fraction: float = 0.2,
+                     mode: str = "mean"):
+    """k members on k seeded re-splits of the task's training set, and their ensemble (OUT/ensemble)."""
+    from manytask.metal.ensemble import train_members
+
+    return train_members(config(config_), task, k, Path(out), fraction, mode)
+
+
+def weak(config_: Union[str, Path], out: Union[str, Path], glue_dir: Optional[Union[str, Path]] = None) -> dict:
+    """Labeling functions + Snorkel's label model: weak labels and a teacher-target store in ``out``."""
+    from manytask.metal.weak import load_weak, run_weak
+
+    return run_weak(load_weak(Path(config_)), Path(out), resolve_glue_dir(glue_dir))
+
+
+# ---- serving ------------------------------------------------------------------------------------------------
+def serve(bundle: Optional[Union[str, Path]] = None, runs: Optional[dict[str, str]] = None, **options) -> None:
+    """Serve a bundle (or a run, bundled once into RUN/bundle), or separate runs (task -> run directory), over
+    HTTP until stopped; ``options`` as ``manytask serve`` takes them (host, port, precision, workers, ...)."""
+    from manytask.serving.launch import serve as launch
+
+    limits = options.pop("limits", {})
+    launch(Path(bundle) if bundle is not None else None, runs or {}, limits, **options)
+
+
+def app(bundle: Union[str, Path], device: str = "cpu", precision: str = "fp32", admin_token: Optional[str] = None):
+    """The server's ASGI app over a bundle, for a notebook or a test client (no port opened)."""
+    from manytask.serving.app import create_app
+    from manytask.serving.launch import bundle_of
+    from manytask.serving.predictor import MergedPredictor
+
+    return create_app(MergedPredictor(bundles.Bundle(bundle_of(Path(bundle))), device, precision),
+                      admin_token=admin_token)

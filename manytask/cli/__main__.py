@@ -1,0 +1,5 @@
+"""``python -m manytask.cli`` (e.g. under torchrun for data-parallel training)."""
+
+from manytask.cli import main
+
+main()

@@ -1,0 +1,148 @@
+"""Commands for serving: change one task of a bundle, serve a bundle over HTTP, ask a model a few inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from manytask import api
+from manytask.cli.common import GlueDir, bundle_app, command, fail, setup
+
+
+def _echo_err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@command(bundle_app, "create")
+def bundle_create(bundle: Path = typer.Argument(..., help="new bundle directory"),
+                  source: Path = typer.Option(..., "--from", help="a trained run: its encoder becomes the trunk"),
+                  checkpoint: str = typer.Option("last", help="last (one model), or best per task (frozen trunk only)")) -> None:
+    """Make a bundle of every task of a run (a multi-task run, a BAM student, a MeTaL model...)."""
+    m = api.Run.open(source).to_bundle(bundle, checkpoint).manifest
+    state = "frozen" if m["trunk"].get("frozen") else "fine-tuned"
+    typer.echo(f"bundle {bundle}: trunk ({state} in {source}), tasks {', '.join(sorted(m['tasks']))}")
+
+
+@command(bundle_app, "list")
+def bundle_list(bundle: Path = typer.Argument(...)) -> None:
+    """Tasks of a bundle with their split depth and branch layers."""
+    m = api.Bundle(bundle).manifest
+    typer.echo(f"trunk {m['trunk']['sha256'][:12]}… ({m['trunk']['num_layers']} layers, {m['trunk']['pooling']} pooling)")
+    for name, t in sorted(m["tasks"].items()):
+        typer.echo(f"  {name:10s} {t['kind']:14s} split {t['split_depth']}, {t['layers']} layer(s)  {t['dir']}")
+
+
+def _put(bundle: Path, source: Path, task: Optional[str], replace: Optional[bool]) -> None:
+    from manytask.bundles import load_package
+
+    pkg = load_package(source, task)
+    entry = api.Bundle(bundle).put(pkg, replace=replace)
+    typer.echo(f"{pkg.spec.name}: {entry['dir']} (split {entry['split_depth']}, {entry['layers']} layer(s))")
+
+
+@command(bundle_app, "add")
+def bundle_add(bundle: Path = typer.Argument(...),
+               source: Path = typer.Option(..., "--from", help="a run directory, or a task package directory"),
+               task: Optional[str] = typer.Option(None, "--task", help="which task of the run")) -> None:
+    """Add a task that the bundle does not have yet."""
+    _put(bundle, source, task, False)
+
+
+@command(bundle_app, "update")
+def bundle_update(bundle: Path = typer.Argument(...),
+                  source: Path = typer.Option(..., "--from", help="a run directory, or a task package directory"),
+                  task: Optional[str] = typer.Option(None, "--task", help="which task of the run")) -> None:
+    """Replace one task's branch and head."""
+    _put(bundle, source, task, True)
+
+
+@command(bundle_app, "remove")
+def bundle_remove(bundle: Path = typer.Argument(...), task: str = typer.Argument(...)) -> None:
+    """Remove one task."""
+    api.Bundle(bundle).remove(task)
+    typer.echo(f"removed {task}")
+
+
+@command(bundle_app, "score")
+def bundle_score(bundle: Path = typer.Argument(...),
+                 precision: str = typer.Option("int8", help="bf16 or int8, scored beside fp32"),
+                 glue_dir: Optional[Path] = GlueDir) -> None:
+    """Every task's dev score in fp32 and another precision (cached in the bundle for `serve`)."""
+    setup(glue_dir)
+    from manytask.serving.launch import precision_table
+
+    typer.echo(precision_table(api.Bundle(bundle).score(precision, glue_dir)))
+
+
+@command()
+def serve(
+    bundle: Optional[Path] = typer.Argument(None, help="a bundle directory (from `manytask flex` or `bundle create`), "
+                                            "or a run directory (served as one model: bundled into RUN/bundle)"),
+    run: list[str] = typer.Option([], "--run", help="instead of a bundle: TASK=RUN_DIR, one full model per task "
+                                  "(repeat; the baseline a bundle is measured against)"),
+    host: str = typer.Option("127.0.0.1", help="interface; loopback unless you mean otherwise"),
+    port: int = typer.Option(8000),
+    max_batch: int = typer.Option(32, help="inputs per forward pass"),
+    max_wait_ms: float = typer.Option(5.0, help="how long a request may wait for others to batch with"),
+    max_inputs: int = typer.Option(64, help="inputs per request"),
+    max_text_chars: int = typer.Option(10_000, help="characters per text"),
+    max_body_bytes: int = typer.Option(1_000_000, help="request body size, counted as it arrives"),
+    admin_token_file: Optional[Path] = typer.Option(None, help="file holding the admin bearer token, 16 characters "
+                                                    "or more (else $MANYTASK_ADMIN_TOKEN; without one, admin calls "
+                                                    "are refused)"),
+    source_root: list[Path] = typer.Option([], "--source-root", help="directory that admin PUT sources must lie "
+                                           "under (repeat; default: the bundle's parent directory)"),
+    limit_concurrency: int = typer.Option(256, help="connections and requests at once; beyond, 503"),
+    timeout_keep_alive: int = typer.Option(5, help="seconds an idle keep-alive connection is kept"),
+    header_timeout: float = typer.Option(10.0, help="seconds a connection has to send a complete request head"),
+    body_timeout: float = typer.Option(30.0, help="seconds a request has to send its whole body"),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, auto, cuda, cuda:N or mps: where the trunk and branches run"),
+    precision: str = typer.Option("fp32", help="fp32, bf16 (where native) or int8 (dynamic quantisation, CPU)"),
+    tolerance: float = typer.Option(0.5, help="points of dev score a precision may cost any task"),
+    force: bool = typer.Option(False, "--force", help="serve the precision even if it costs more than the tolerance"),
+    workers: int = typer.Option(1, "--workers", help="server processes sharing the port (each holds the model)"),
+    watch_interval: float = typer.Option(2.0, help="seconds between looks at the bundle for changes made by "
+                                         "`manytask bundle` or another replica (0: never)"),
+) -> None:
+    """Serve a bundle over HTTP: /v1/predict, /v1/tasks, /healthz, /metrics, admin PUT/DELETE /v1/tasks/{name}."""
+    setup()
+    import torch
+
+    from manytask.serving.launch import read_token
+
+    if threads:
+        torch.set_num_threads(threads)
+    bad = [r for r in run if "=" not in r]
+    if bad:
+        fail(f"--run {bad[0]!r}: expected TASK=RUN_DIR")
+    limits = {"max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
+              "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes}
+    api.serve(bundle, dict(r.split("=", 1) for r in run), limits=limits, host=host, port=port,
+              token=read_token(admin_token_file), source_roots=tuple(source_root), device=device, precision=precision,
+              tolerance=tolerance, force=force, workers=workers, watch_interval=watch_interval,
+              body_timeout=body_timeout, header_timeout=header_timeout, limit_concurrency=limit_concurrency,
+              timeout_keep_alive=timeout_keep_alive, echo=_echo_err)
+
+
+@command()
+def ask(
+    source: Path = typer.Argument(..., help="a bundle, or a run (served as one model: bundled into RUN/bundle)"),
+    texts: list[str] = typer.Argument(..., help="one or more texts"),
+    pair: list[str] = typer.Option([], "--pair", help="the second text of each input (pair tasks), in order"),
+    task: list[str] = typer.Option([], "--task", help="tasks to ask (default: every task that takes this input)"),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Ask a model a few inputs through the same path the server uses; prints one JSON line per input."""
+    setup()
+    from manytask.serving.launch import bundle_of
+
+    if pair and len(pair) != len(texts):
+        fail(f"give one --pair per text ({len(texts)} texts, {len(pair)} pairs)")
+    model = api.Bundle(bundle_of(source, _echo_err)).model(device=device)
+    inputs = list(zip(texts, pair)) if pair else list(texts)
+    for text, answer in zip(texts, model.predict(inputs, tasks=task or None)):
+        typer.echo(json.dumps({"text": text, **{t: p.to_json() for t, p in answer.items()}}))

@@ -1,0 +1,109 @@
+"""Start the HTTP server: check every option, score a reduced precision against fp32 (refusing one that costs a
+task more than the tolerance), then run uvicorn with the guarded protocol — in one process or several."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from manytask.bundles import Bundle
+from manytask.config import RunConfig
+from manytask.errors import ConfigError
+from manytask.serving.app import check_token
+from manytask.serving.factory import ENV, build_app
+from manytask.serving.precision import PrecisionError, compare, score_precisions
+
+log = logging.getLogger(__name__)
+
+
+def precision_table(scores: dict) -> str:
+    precisions = list(scores)
+    lines = ["| task | " + " | ".join(precisions) + " |", "|---|" + "---|" * len(precisions)]
+    for task in sorted(scores[precisions[0]]):
+        cells = [f"{100 * scores[p][task]['score']:.1f}" if "score" in scores[p].get(task, {}) else "unscored"
+                 for p in precisions]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def checked_scores(bundle: Bundle, precision: str, tolerance: float, force: bool, echo=log.info) -> dict:
+    """fp32 and ``precision`` dev scores of every task (cached in the bundle); a task that loses more than
+    ``tolerance`` points refuses the precision unless forced."""
+    scores = score_precisions(bundle, precision, RunConfig(tasks=["sst2"]).resolved_glue_dir())
+    echo(precision_table(scores))
+    worse = compare(scores["fp32"], scores[precision], tolerance)
+    if worse and not force:
+        raise PrecisionError(f"{precision} costs more than {tolerance} points on: {'; '.join(worse)} "
+                             "(--force to serve it anyway)")
+    return scores
+
+
+def run_bundle(run_dir: Path, echo=log.info) -> Path:
+    """A run served as one model: its bundle (RUN/bundle), made once from the run's last checkpoint."""
+    target = Path(run_dir) / "bundle"
+    if not (target / "manifest.json").exists():
+        Bundle.from_run(run_dir, target)
+        echo(f"bundled {run_dir} into {target}")
+    return target
+
+
+def bundle_of(source: Path, echo=log.info) -> Path:
+    """A bundle directory as given, or a run's own bundle (made once)."""
+    source = Path(source)
+    if (source / "config.yaml").exists() and not (source / "manifest.json").exists():
+        return run_bundle(source, echo)
+    return source
+
+
+def read_token(token_file: Optional[Path]) -> Optional[str]:
+    """The admin token: from a file, else $MANYTASK_ADMIN_TOKEN; 16 characters or more, or none."""
+    token = os.environ.get("MANYTASK_ADMIN_TOKEN")
+    if token_file is not None:
+        if not token_file.is_file():
+            raise ConfigError(f"admin token file not found: {token_file}")
+        token = token_file.read_text()
+    try:
+        return check_token(token)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: str = "127.0.0.1", port: int = 8000,
+          token: Optional[str] = None, source_roots: tuple = (), device: str = "cpu", precision: str = "fp32",
+          tolerance: float = 0.5, force: bool = False, workers: int = 1, watch_interval: float = 2.0,
+          body_timeout: float = 30.0, header_timeout: float = 10.0, limit_concurrency: int = 256,
+          timeout_keep_alive: int = 5, echo=log.info) -> None:
+    """Serve a bundle (or a run, bundled once) or separate runs (``runs``: task -> run directory) over HTTP."""
+    import uvicorn
+
+    from manytask.serving.protocol import GuardedH11Protocol
+
+    missing_roots = [str(r) for r in source_roots if not Path(r).is_dir()]
+    if missing_roots:
+        raise ConfigError(f"--source-root: not a directory: {', '.join(missing_roots)}")
+    if (bundle is None) == (not runs):
+        raise ConfigError("give either a bundle or one or more --run TASK=RUN_DIR")
+    if workers < 1:
+        raise ConfigError("--workers: 1 or more")
+    options = {"bundle": None, "runs": runs, "device": device, "precision": precision,
+               "source_roots": [str(r) for r in source_roots], "token": token, "body_timeout": body_timeout,
+               "watch_interval": watch_interval, "dev_scores": None, "limits": limits}
+    if bundle is not None:
+        b = Bundle(bundle_of(bundle, echo))
+        options["bundle"] = str(b.root.resolve())
+        if precision != "fp32":
+            options["dev_scores"] = checked_scores(b, precision, tolerance, force, echo)
+    app = build_app(options)  # also checks every argument before a worker starts
+    os.environ["MANYTASK_HEADER_TIMEOUT"] = str(header_timeout)
+    GuardedH11Protocol.header_timeout = header_timeout
+    kw = {"host": host, "port": port, "log_level": "warning", "http": GuardedH11Protocol,
+          "limit_concurrency": limit_concurrency, "timeout_keep_alive": timeout_keep_alive}
+    if workers == 1:
+        uvicorn.run(app, **kw)
+    else:
+        del app  # each worker builds its own
+        os.environ[ENV] = json.dumps(options)
+        uvicorn.run("manytask.serving.factory:build", factory=True, workers=workers, **kw)
