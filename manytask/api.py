@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from manytask import bundles, inference, runs
-from manytask.config import RunConfig, load_config
+from manytask import config as config_module
+from manytask.config import RunConfig
 from manytask.errors import ConfigError
 from manytask.records import Prediction  # noqa: F401 (what predict returns)
 
@@ -34,13 +35,14 @@ def _override_list(overrides: Overrides) -> list[str]:
     return list(overrides)
 
 
-def config(source: ConfigLike, overrides: Overrides = None) -> RunConfig:
+def load_config(source: ConfigLike, overrides: Overrides = None) -> RunConfig:
     """A run config from a YAML file, a dict or a RunConfig, with overrides applied; errors name the key."""
+    load = config_module.load_config
     if isinstance(source, RunConfig):
-        return load_config(data=source.model_dump(mode="json", exclude_none=True), overrides=_override_list(overrides))
+        return load(data=source.model_dump(mode="json", exclude_none=True), overrides=_override_list(overrides))
     if isinstance(source, dict):
-        return load_config(data=json.loads(json.dumps(source)), overrides=_override_list(overrides))
-    return load_config(Path(source), _override_list(overrides))
+        return load(data=json.loads(json.dumps(source)), overrides=_override_list(overrides))
+    return load(Path(source), _override_list(overrides))
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ class Bundle(bundles.Bundle):
 def train(config_: ConfigLike, out: Union[str, Path], overrides: Overrides = None, resume: bool = False,
           stop_at: Optional[int] = None) -> Run:
     """Train a run into ``out`` (or resume it) and return it; ``run.scores()`` gives its dev scores."""
-    cfg = config(config_, overrides)
+    cfg = load_config(config_, overrides)
     runs.train_run(cfg, Path(out), resume=resume, stop_at=stop_at)
     return Run.open(Path(out)) if (Path(out) / "checkpoints").exists() else Run(Path(out), cfg)
 
@@ -161,7 +163,7 @@ def task_data(config_: ConfigLike, with_train: bool = True) -> dict:
     """Each task's data as a run reads it (files, caps, re-splits): name -> TaskData (spec, train, evals)."""
     from manytask.data.loading import load_tasks
 
-    data, _ = load_tasks(config_ if isinstance(config_, RunConfig) else config(config_), with_train=with_train)
+    data, _ = load_tasks(config_ if isinstance(config_, RunConfig) else load_config(config_), with_train=with_train)
     return {d.name: d for d in data}
 
 
@@ -221,7 +223,7 @@ def bam(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, seeds
     return {"out": out, **write_report(out)}
 
 
-def flex(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, overrides: Overrides = None,
+def flex_pipeline(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, overrides: Overrides = None,
          workers: int = 0, address: Optional[str] = None) -> dict:
     """The flexible multi-task pipeline (partial fine-tuning, compression, selection) and its bundle."""
     from manytask.flex.config import load_flex
@@ -234,7 +236,7 @@ def flex(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, over
     return {"out": out, "result": result, "report": write_report(out, cfg.mixed.delta), "bundle_choice": cfg.bundle}
 
 
-def report(path: Union[str, Path]) -> dict:
+def write_report(path: Union[str, Path]) -> dict:
     """Rebuild the report of a BAM study or a finished flex run from what its runs wrote."""
     path = Path(path)
     if (path / "study.yaml").exists():
@@ -264,7 +266,7 @@ def ensemble_members(config_: ConfigLike, task: str, k: int, out: Union[str, Pat
     """k members on k seeded re-splits of the task's training set, and their ensemble (OUT/ensemble)."""
     from manytask.metal.ensemble import train_members
 
-    return train_members(config(config_), task, k, Path(out), fraction, mode)
+    return train_members(load_config(config_), task, k, Path(out), fraction, mode)
 
 
 def weak(config_: Union[str, Path], out: Union[str, Path], glue_dir: Optional[Union[str, Path]] = None) -> dict:

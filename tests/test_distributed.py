@@ -21,14 +21,14 @@ pytestmark = pytest.mark.slow  # several processes
 TOLERANCE = 1e-5  # float sums in another order (per-rank partial sums, all-reduced): not bit-identical
 
 
-def _cfg(tmp_path: Path, steps: int, checkpoint_every=None) -> Path:
+def _cfg(tmp_path: Path, steps: int, checkpoint_every=None, batching: str = "per_task") -> Path:
     from tests.conftest import TINY
 
     # SST-2 capped at 17: its last batch has one example, so one rank sits that step out (weight 0)
     cfg = {"seed": 3, "tasks": [{"name": "sst2", "max_train": 17}, "stsb", "mrpc"], "model": {**TINY, "dropout": 0.0},
            "train": {"batch_size": 16, "steps": steps, "lr": 1e-3, "progress": False, "log_every": 5,
-                     "device": "cpu", "checkpoint_every": checkpoint_every}}
-    path = tmp_path / f"c{steps}.yaml"
+                     "device": "cpu", "checkpoint_every": checkpoint_every, "batching": batching}}
+    path = tmp_path / f"c{steps}-{batching}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -66,8 +66,11 @@ def _close(a: dict, b: dict) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
-def test_two_ranks_train_the_weights_of_one_process_with_the_whole_batch(mini_glue, tmp_path):
-    cfg = _cfg(tmp_path, 12)
+@pytest.mark.parametrize("batching", ["per_task", "mixed"])
+def test_two_ranks_train_the_weights_of_one_process_with_the_whole_batch(mini_glue, tmp_path, batching):
+    """Mixed batches too: each rank takes every W-th example of each task's part, a rank without any of a
+    task's examples runs one with weight 0, and the counts are reduced once per step."""
+    cfg = _cfg(tmp_path, 12, batching=batching)
     env = _env(mini_glue)
     one = subprocess.run([sys.executable, "-m", "manytask.cli", "train", "-c", str(cfg), "-o", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=600)
@@ -81,7 +84,8 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_whole_batch(mini_gl
     events = [e["event"] for e in log]
     assert events.count("plan") == 1 and events.count("end") == 1
     sst2 = log[0]["draws"]["sst2"]
-    assert sst2["examples"] < 16 * sst2["batches"]  # the plan held short SST-2 batches (one example: one rank idle)
+    if batching == "per_task":
+        assert sst2["examples"] < 16 * sst2["batches"]  # the plan held short SST-2 batches (one rank idle)
     assert two.stdout.count("| dev, last step (one model) |") == 1
 
 

@@ -37,7 +37,7 @@ def bam(
 def report(run_dir: Path = typer.Argument(..., help="a study (`manytask bam`) or flex run (`manytask flex`)")) -> None:
     """Rebuild the report of a BAM study or a flex run from what its runs wrote."""
     setup()
-    rep = api.report(run_dir)
+    rep = api.write_report(run_dir)
     typer.echo(rep["markdown"])
     typer.echo(f"report: {run_dir / 'report.md'}, " + ", ".join(rep["plots"]))
 
@@ -54,7 +54,7 @@ def flex(
 ) -> None:
     """Partial fine-tuning (search k), branch compression, mixed selection; writes OUT/bundle and a report."""
     setup(glue_dir, device)
-    done = api.flex(config, out, set_, workers, ray_address)
+    done = api.flex_pipeline(config, out, set_, workers, ray_address)
     out, result = done["out"], done["result"]
     typer.echo(done["report"]["markdown"])
     for s in result["skipped"]:

@@ -6,9 +6,9 @@ A labeling function is declared like a slicing function plus the ``label`` it vo
 holds (it abstains otherwise), or is ``module:function`` returning a label or None. Each function's
 coverage, overlaps, conflicts and, on a labelled split, accuracy are reported as Snorkel's LF analysis does.
 
-    OUT/train.jsonl      the unlabelled examples with an ``id`` and the label model's most likely label
+    OUT/train.jsonl      the unlabelled examples some function covered, with an ``id`` and the label model's label
     OUT/targets/         <task>.safetensors: log-probabilities of the label model, keyed by example id
-    OUT/weak.json, weak.md   the LF analysis and the label model's accuracy where gold labels exist
+    OUT/weak.json, weak.md   the LF analysis, and label model against majority vote on gold labels
 """
 
 from __future__ import annotations
@@ -101,7 +101,34 @@ def analysis(L: np.ndarray, names: list[str], gold: Optional[np.ndarray] = None)
     return rows
 
 
+MIN_FUNCTIONS = 3  # Snorkel's label model needs at least three labeling functions
+
+
+def compare_on_gold(L: np.ndarray, gold: np.ndarray, label_model) -> dict:
+    """Label model against majority vote on a labelled split, on Snorkel's own basis: both predict with ties
+    (and rows no function covers) abstaining, and each is scored on the rows it predicts; then both on the rows
+    *both* predict, the fair comparison. Coverage is the share of rows a method predicts."""
+    from snorkel.labeling.model import MajorityLabelVoter
+
+    voter = MajorityLabelVoter(cardinality=label_model.cardinality)
+    preds = {"label_model": label_model.predict(L, tie_break_policy="abstain"),
+             "majority_vote": voter.predict(L, tie_break_policy="abstain")}
+    both = (preds["label_model"] != ABSTAIN) & (preds["majority_vote"] != ABSTAIN)
+    out: dict = {"rows": len(gold), "shared_rows": int(both.sum())}
+    for name, p in preds.items():
+        own = p != ABSTAIN
+        out[name] = {"coverage": float(own.mean()),
+                     "accuracy": float((p[own] == gold[own]).mean()) if own.any() else None,
+                     "accuracy_shared": float((p[both] == gold[both]).mean()) if both.any() else None}
+    lm, mv = out["label_model"]["accuracy_shared"], out["majority_vote"]["accuracy_shared"]
+    out["winner"] = None if lm is None or mv is None or lm == mv else ("label model" if lm > mv else "majority vote")
+    return out
+
+
 def run_weak(cfg: WeakConfig, out: Path, glue_dir: Path) -> dict:
+    """Apply the labeling functions to the unlabelled file, fit Snorkel's label model (its class balance from the
+    gold split when there is one), and keep the examples at least one function covered (Snorkel's
+    ``filter_unlabeled_dataframe``): they become ``train.jsonl`` and the teacher-target store."""
     try:
         from snorkel.labeling.model import LabelModel
     except ImportError:
@@ -110,37 +137,41 @@ def run_weak(cfg: WeakConfig, out: Path, glue_dir: Path) -> dict:
     spec = cfg.task.resolve(Path.cwd())
     if not kind_of(spec).class_labels:
         raise WeakError(f"task {spec.name!r}: labeling functions vote class labels; it is a {spec.kind} task")
+    if len(cfg.functions) < MIN_FUNCTIONS:
+        raise WeakError(f"Snorkel's label model needs at least {MIN_FUNCTIONS} labeling functions "
+                        f"(got {len(cfg.functions)}: {', '.join(f.name for f in cfg.functions)})")
     source = spec.model_copy(update={"splits": {"unlabeled": SplitSpec(path=str(Path(cfg.unlabeled).resolve()),
                                                                          role="train", unlabeled=True)},
                                      "quoting": None if spec.glue else spec.quoting, "id_field": None})
     examples = read_split(source, "unlabeled", Path("."))
     names = [f.name for f in cfg.functions]
     L = apply(cfg.functions, spec, examples)
-    if (L == ABSTAIN).all():
+    covered = (L != ABSTAIN).any(1)
+    if not covered.any():
         raise WeakError("every labeling function abstained on every example: nothing to learn from")
+    gold_examples = read_split(spec, cfg.gold, spec.split_root(glue_dir)) if cfg.gold else None
+    gold = np.array([e.label for e in gold_examples]) if gold_examples else None
     model = LabelModel(cardinality=len(spec.labels or []), verbose=False)
-    model.fit(L, n_epochs=cfg.label_model.epochs, lr=cfg.label_model.lr, seed=cfg.label_model.seed, progress_bar=False)
-    probs = model.predict_proba(L)
+    model.fit(L, Y_dev=gold, n_epochs=cfg.label_model.epochs, lr=cfg.label_model.lr, seed=cfg.label_model.seed,
+              progress_bar=False)
     report = {"task": spec.name, "examples": len(examples), "functions": analysis(L, names),
-              "covered": float((L != ABSTAIN).any(1).mean())}
-    if cfg.gold:
-        gold_examples = read_split(spec, cfg.gold, spec.split_root(glue_dir))
-        gold = np.array([e.label for e in gold_examples])
+              "covered": float(covered.mean()), "kept": int(covered.sum()), "dropped": int((~covered).sum()),
+              "class_balance": "from the gold split" if gold is not None else "learnt from the votes"}
+    if gold is not None:
         L_gold = apply(cfg.functions, spec, gold_examples)
-        report["gold"] = {"split": cfg.gold, "examples": len(gold_examples),
-                          "functions": analysis(L_gold, names, gold),
-                          "label_model_accuracy": float((model.predict_proba(L_gold).argmax(1) == gold).mean()),
-                          "majority_vote_accuracy": _majority_accuracy(L_gold, gold)}
-    ids = [f"{spec.name}/train/{i}" for i in range(len(examples))]
+        report["gold"] = {"split": cfg.gold, "examples": len(gold_examples), "functions": analysis(L_gold, names, gold),
+                          **compare_on_gold(L_gold, gold, model)}
+    keep = np.flatnonzero(covered)  # an uncovered example has no weak label: it would teach the first class
+    probs = model.predict_proba(L[keep])
     rows = []
-    for i, e in enumerate(examples):
-        row = {"id": str(i), "label": spec.labels[int(probs[i].argmax())]}  # type: ignore[index]
-        for field, text in zip(spec.text_fields, (e.text_a, e.text_b)):
+    for i, p in zip(keep, probs):
+        row = {"id": str(i), "label": spec.labels[int(p.argmax())]}  # type: ignore[index]
+        for field, text in zip(spec.text_fields, (examples[i].text_a, examples[i].text_b)):
             row[str(field)] = text
         rows.append(json.dumps(row))
     atomic_write_text(out / "train.jsonl", "\n".join(rows) + "\n")
     logits = np.log(np.clip(probs, 1e-6, 1.0)).astype(np.float32)
-    TeacherTargets(spec.name, spec.kind, spec.labels, ids, logits,
+    TeacherTargets(spec.name, spec.kind, spec.labels, [f"{spec.name}/train/{i}" for i in keep], logits,
                    {"label_model": "snorkel LabelModel", "functions": names}).save(targets_path(out / "targets", spec.name))
     report["student_entry"] = student_entry(spec, out, glue_dir)
     atomic_write_json(out / "weak.json", report)
@@ -164,14 +195,15 @@ def student_entry(spec: TaskSpec, out: Path, glue_dir: Path) -> dict:
             **({"quoting": False} if spec.glue else {})}
 
 
-def _majority_accuracy(L: np.ndarray, gold: np.ndarray) -> float:
-    votes = [np.bincount(row[row != ABSTAIN]).argmax() if (row != ABSTAIN).any() else -1 for row in L]
-    return float((np.asarray(votes) == gold).mean())
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
 
 
 def markdown(report: dict) -> str:
     lines = [f"# Weak supervision for `{report['task']}`", "",
-             f"{report['examples']} unlabelled examples; {100 * report['covered']:.1f}% have at least one vote.", "",
+             f"{report['examples']} unlabelled examples; {100 * report['covered']:.1f}% have at least one vote: "
+             f"{report['kept']} kept for training, {report['dropped']} dropped (no function covers them). Class "
+             f"balance {report['class_balance']}.", "",
              "| function | polarity | coverage | overlaps | conflicts |", "|---|---|---|---|---|"]
     for r in report["functions"]:
         lines.append(f"| {r['function']} | {r['polarity']} | {r['coverage']:.3f} | {r['overlaps']:.3f} | "
@@ -180,9 +212,14 @@ def markdown(report: dict) -> str:
               "constant, lam: 0.0}` (pure soft targets):", "", "```yaml", json.dumps(report["student_entry"]), "```"]
     gold = report.get("gold")
     if gold:
-        lines += ["", f"On `{gold['split']}` ({gold['examples']} labelled examples): label model accuracy "
-                      f"{100 * gold['label_model_accuracy']:.1f}%, majority vote {100 * gold['majority_vote_accuracy']:.1f}% "
-                      "(unvoted examples count as wrong).", "",
+        lm, mv = gold["label_model"], gold["majority_vote"]
+        verdict = f"the {gold['winner']} wins" if gold["winner"] else "neither wins"
+        lines += ["", f"On `{gold['split']}` ({gold['examples']} labelled examples), ties and uncovered rows abstaining "
+                      f"(Snorkel's `score`): {verdict} on the {gold['shared_rows']} rows both predict.", "",
+                  "| method | coverage | accuracy on its own rows | accuracy on the shared rows |", "|---|---|---|---|",
+                  f"| label model | {_pct(lm['coverage'])} | {_pct(lm['accuracy'])} | {_pct(lm['accuracy_shared'])} |",
+                  f"| majority vote | {_pct(mv['coverage'])} | {_pct(mv['accuracy'])} | "
+                  f"{_pct(mv['accuracy_shared'])} |", "",
                   "| function | coverage | correct | incorrect | accuracy |", "|---|---|---|---|---|"]
         for r in gold["functions"]:
             acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
