@@ -220,7 +220,7 @@ def bam(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, seeds
     cfg = load_study(Path(config_), _override_list(overrides))
     out = Path(out) if out else Path("runs") / cfg.name
     run_study(cfg, out, seeds, workers, address)
-    return {"out": out, **write_report(out)}
+    return {**write_report(out), "out": out}
 
 
 def flex_pipeline(config_: Union[str, Path], out: Optional[Union[str, Path]] = None, overrides: Overrides = None,

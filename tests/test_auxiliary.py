@@ -88,3 +88,33 @@ def test_the_pattern_tagger_gives_silver_pos_offline(mini_glue, tiny_config, tmp
     train_run(load_config(data=cfg), tmp_path / "r")
     labels = Run.open(tmp_path / "r").cfg.tasks[0].auxiliary[0].labels
     assert labels == ["JJ"]  # mini GLUE's SST-2 words are all adjectives
+
+
+def test_metal_alignment_labels_every_piece_and_special_tokens_null():
+    offsets = [(0, 0), (0, 3), (3, 6), (7, 9), (0, 0)]  # [CLS] "unb" "eli" "vs" [SEP]
+    segment = [None, 0, 0, 0, None]
+    index = {"NULL": 0, "A": 1, "B": 2}
+    labels, missed = align(offsets, segment, [[(0, 6, "A"), (7, 9, "B")]], index, IGNORE, pieces="all", special=0)
+    assert labels == [0, 1, 1, 2, 0] and missed == 0  # both pieces of the first word; [CLS], [SEP] NULL
+    first, _ = align(offsets, segment, [[(0, 6, "A"), (7, 9, "B")]], index, IGNORE)
+    assert first == [IGNORE, 1, IGNORE, 2, IGNORE]  # the default: first pieces, special tokens left out
+
+
+def test_silver_labels_are_recomputed_when_a_texts_changes_under_the_same_id(tmp_path):
+    """The cache is keyed by id *and* text: a file edited in place keeps its line-number ids, and the old spans
+    would misalign with the new text."""
+    from manytask.data.silver import silver_spans
+    from manytask.records import Example
+
+    aux = AuxiliarySpec(name="caps", tagger="tests.silver_stub:caps_tagger")
+    ex = [Example(f"t/train/{i}", t, None, 0, str(i)) for i, t in enumerate(["short words here", "tiny cat"])]
+    CALLS["texts"] = 0
+    first, _ = silver_spans("t", aux, [e.id for e in ex], [[e.text_a] for e in ex], tmp_path)
+    assert CALLS["texts"] == 2
+    silver_spans("t", aux, [e.id for e in ex], [[e.text_a] for e in ex], tmp_path)
+    assert CALLS["texts"] == 2  # cached
+    ex[1] = Example("t/train/1", "a completely different sentence", None, 0, "1")
+    again, _ = silver_spans("t", aux, [e.id for e in ex], [[e.text_a] for e in ex], tmp_path)
+    assert CALLS["texts"] == 3  # only the changed example is tagged again
+    assert again["t/train/0"] == first["t/train/0"]
+    assert [s[:2] for s in again["t/train/1"][0]] == [[0, 1], [2, 12], [13, 22], [23, 31]]

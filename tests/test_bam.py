@@ -252,6 +252,11 @@ def test_finished_stages_are_reused_and_seeds_can_be_added(study):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed-*/*/scores.json")}
     run_study(cfg, out)
     assert {p: p.stat().st_mtime_ns for p in out.glob("seed-*/*/scores.json")} == stamps
+    # the command resumes the finished study (nothing retrained) and prints its report
+    (out.parent / "study.yaml").write_text((out / "study.yaml").read_text())
+    res = CliRunner().invoke(app, ["bam", "-c", str(out.parent / "study.yaml"), "-o", str(out)])
+    assert res.exit_code == 0 and f"report: {out / 'report.md'}" in res.output, res.output
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seed-*/*/scores.json")} == stamps
     extended = prepare(cfg, out, [1, 2, 5])
     assert extended.seeds == [1, 2, 5]
     with pytest.raises(ConfigError, match="other settings"):

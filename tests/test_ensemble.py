@@ -159,3 +159,28 @@ def test_members_on_resplits_are_scored_on_their_own_part_and_ensembled_on_dev(m
     assert list(saved["titles"]["sst2"]) == ["dev"]  # the ensemble is scored on the shared, official dev set
     assert all("train_heldout" in v for v in saved["members_heldout"].values())
     assert res.output.count("own held-out") == 3
+
+
+def test_weighted_ensembles_take_held_out_weights_or_say_the_score_is_optimistic(members, tmp_path):
+    """Weights from the dev set the ensemble is scored on make its score optimistic: members trained on
+    re-splits are weighted by their own held-out parts instead; others are flagged."""
+    from tests.conftest import TINY
+
+    base, glue, runs = members
+    res = runner.invoke(cli_app, ["ensemble", *map(str, runs), "--task", "sst2", "--out", str(tmp_path / "w"),
+                                  "--mode", "weighted"])
+    assert res.exit_code == 0 and "optimistic" in res.output, res.output
+    meta = json.loads((tmp_path / "w" / "ensemble.json").read_text())
+    assert meta["weights_from"] == "dev" and json.loads((tmp_path / "w" / "eval.json").read_text())["optimistic"]
+    assert [m["weight"] for m in meta["members"]] == pytest.approx([max(m["dev_primary"], 1e-6) for m in meta["members"]])
+    cfg = {"seed": 1, "glue_dir": str(glue), "tasks": ["sst2"], "model": dict(TINY),
+           "train": {"batch_size": 8, "steps": 4, "progress": False}}
+    (tmp_path / "c.yaml").write_text(__import__("yaml").safe_dump(cfg))
+    res = runner.invoke(cli_app, ["ensemble-members", "-c", str(tmp_path / "c.yaml"), "--task", "sst2", "--k", "2",
+                                  "--out", str(tmp_path / "m"), "--mode", "weighted"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "m" / "ensemble" / "ensemble.json").read_text())
+    assert meta["weights_from"] == "held-out"
+    assert [m["weight"] for m in meta["members"]] == pytest.approx(
+        [max(m["heldout_primary"], 1e-6) for m in meta["members"]])
+    assert not json.loads((tmp_path / "m" / "ensemble" / "eval.json").read_text())["optimistic"]

@@ -43,3 +43,8 @@ def test_spacy_silver_tags_align_to_minilm_pieces(tmp_path):
     labels, rows, note = auxiliary_labels("t", aux, ex, False, load_tokenizer("default"), 64, tmp_path, IGNORE)
     assert "B-PERSON" in labels and "B-GPE" in labels and " 0 of " in note
     assert sum(l != IGNORE for l in rows[0]) == 8  # one label per spaCy token
+    # MeTaL's setup: entity types with NULL outside entities, on every word piece, [CLS]/[SEP] labelled NULL
+    metal = AuxiliarySpec(name="net", tagger="spacy", attribute="ent_type", pieces="all", special="null")
+    labels, rows, _ = auxiliary_labels("t", metal, ex, False, load_tokenizer("default"), 64, tmp_path, IGNORE)
+    assert labels[0] == "NULL" and {"PERSON", "GPE", "DATE"} <= set(labels)
+    assert IGNORE not in rows[0] and rows[0][0] == rows[0][-1] == labels.index("NULL")

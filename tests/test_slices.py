@@ -166,3 +166,65 @@ def test_a_study_recipe_trains_slice_heads_and_the_report_scores_each_slice(mini
     want = 100 * scores["tasks"]["sst2"]["dev"]["slices"]["has_good"]["accuracy"]
     assert rows[("Multi+slices", "has_good")]["median"] == pytest.approx(want)
     assert "## Slices" in rep["markdown"]
+
+
+def test_metal_rte_slices_by_name():
+    """MeTaL's RTE slices, shipped by name: more than one person-pronoun group in the premise; a dash or a
+    semicolon anywhere in the pair. On RTE's dev set they hold 12 and 116 of 277 pairs."""
+    cfg = SlicesConfig(functions=[SliceFunction(name="people", kind="builtin", builtin="metal_more_people"),
+                                  SliceFunction(name="dash", kind="builtin", builtin="metal_dash_semicolon")])
+    ex = [Example(f"t/dev/{i}", a, b, 0, str(i)) for i, (a, b) in enumerate([
+        ("She told him the news.", "x"), ("He said his car broke.", "x"), ("I met you; it was fine.", "x"),
+        ("A well-known fact", "plain"), ("Plain premise", "with a hypothesis; here")])]
+    m = membership(cfg, ex)
+    assert m["people"] == [True, False, True, False, False]  # she+him, only he/his, I+you
+    assert m["dash"] == [False, False, True, True, True]
+    with pytest.raises(SliceError, match="no built-in slicing function 'nope'"):
+        membership(SlicesConfig(functions=[SliceFunction(name="x", kind="builtin", builtin="nope")]), ex)
+    from tests.conftest import SHARED_GLUE
+
+    if (SHARED_GLUE / "RTE" / "dev.tsv").exists():
+        from manytask.data.readers import read_split
+
+        spec = glue_task("rte")
+        dev = read_split(spec, "dev", spec.split_root(SHARED_GLUE))
+        counts = {k: sum(v) for k, v in membership(cfg, dev).items()}
+        assert counts == {"people": 12, "dash": 116} and len(dev) == 277
+
+
+def test_slice_based_learning_sums_a_batch_mean_loss_per_indicator_as_snorkel_does():
+    """Two slices and the base slot: three indicator tasks, each the batch mean of its binary cross-entropy,
+    added up (Snorkel's sum of tasks), plus each expert's loss on its members."""
+    from manytask.models.multitask import SBLOutput
+    from manytask.training.objectives import SliceBasedObjective
+
+    def bce(logit, y):
+        p = 1 / (1 + np.exp(-logit))
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+    indicator = torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.5]])  # 2 examples x (base, a, b)
+    experts = torch.zeros(2, 3, 2)  # uniform expert predictions: loss ln 2 each
+    members = {"a": torch.tensor([True, False]), "b": torch.tensor([False, False])}
+    batch = TaskBatch(None, torch.arange(2), torch.tensor([1, 0]), slices=members)
+    out = TaskOutput(torch.zeros(2, 2), sbl=SBLOutput(indicator, experts))
+    got = value(SliceBasedObjective(glue_task("sst2"), ["a", "b"], 1.0), out, batch).item()
+    ind = [np.mean([bce(0.0, 1), bce(2.0, 1)]), np.mean([bce(1.0, 1), bce(0.0, 0)]),
+           np.mean([bce(-1.0, 0), bce(0.5, 0)])]
+    want = sum(ind) + np.log(2) + np.log(2) + 0.0  # experts: base (both), a (one member), b (none: zero)
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_an_sbl_expert_is_confident_in_the_positive_class_as_snorkel_takes_it():
+    from manytask.kinds import get_kind
+
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 2.0]]])  # expert 0 sure of class 0, expert 1 of class 1
+    conf = get_kind("classification").expert_confidence(logits)
+    assert conf[0, 0] < 0.5 < conf[0, 1]  # P(class 1), not max(P)
+    three = get_kind("classification").expert_confidence(torch.tensor([[[3.0, 0.0, 0.0]]]))
+    assert three[0, 0] == pytest.approx(torch.softmax(torch.tensor([3.0, 0.0, 0.0]), 0).max().item())
+
+
+def test_slice_membership_is_judged_again_when_a_text_changes_under_its_id():
+    cfg = SlicesConfig(functions=[SliceFunction(name="good", kind="contains_any", words=["good"])])
+    assert membership(cfg, [Example("t/dev/1", "good day", None, 0, "1")])["good"] == [True]
+    assert membership(cfg, [Example("t/dev/1", "bad day", None, 0, "1")])["good"] == [False]  # same id, new text

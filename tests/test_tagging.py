@@ -234,3 +234,19 @@ def test_a_study_scores_a_tagging_task_whose_tag_set_comes_from_its_file(mini_gl
     done.unlink()
     run_study(cfg, out)
     assert json.loads(done.read_text())["primary"] == before["primary"]
+
+
+def test_conll_files_default_to_words_first_and_tags_last(tmp_path):
+    """The common layouts read without 'columns:': two columns (word TAG) and CoNLL-2003's four (the NER tag
+    last); IOB1 tags as distributed score the same entities as BIO."""
+    (tmp_path / "two.conll").write_text("Anna B-PER\nwent O\nhome O\n\nRome B-LOC\n")
+    (tmp_path / "four.conll").write_text("-DOCSTART- -X- -X- O\n\nEU NNP I-NP I-ORG\nrejects VBZ I-VP O\n")
+    for name, words, tags in (("two", ["Anna", "went", "home"], ["B-PER", "O", "O"]),
+                              ("four", ["EU", "rejects"], ["I-ORG", "O"])):
+        entry = TaskEntry(name="ner", kind="tagging", train=str(tmp_path / f"{name}.conll"))
+        spec = entry.resolve(tmp_path)
+        ex = read_split(spec, "train", tmp_path)
+        assert ex[0].words == words and ex[0].tags == tags, name
+    bad = TaskEntry(name="ner", kind="tagging", train=str(tmp_path / "two.conll"), text_fields=["token"])
+    with pytest.raises(DataError, match="name the CoNLL columns"):
+        read_split(bad.resolve(tmp_path), "train", tmp_path)

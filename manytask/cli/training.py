@@ -76,10 +76,12 @@ def eval_(
     """Print and save (RUN/eval.json) the dev metrics of a run: by default the last checkpoint, one model."""
     setup(glue_dir, device)
     run = api.open_run(run_dir)
-    result = run.evaluate("best" if best else "last")
+    result = run.evaluate("best" if best else "last")  # an ensemble: always its members' best checkpoints
     label = "dev, each task's best checkpoint (not one model)" if best else "dev, last checkpoint (one model)"
     if not isinstance(run, api.Run):
-        label = f"dev, ensemble ({run.mode}) of {len(run.members)} runs, {result['checkpoint']} checkpoints"
+        label = f"dev, ensemble ({run.mode}) of {len(run.members)} runs, each member's best checkpoint"
+        if result.get("optimistic"):
+            typer.echo("note: the weights come from the dev set scored here, so this score is optimistic")
     typer.echo(results_table(result, _specs(run), label=label))
     for member, value in result.get("members", {}).items():
         typer.echo(f"member {member}: {100 * value:.1f}")
@@ -167,6 +169,9 @@ def ensemble(
     setup(glue_dir, device)
     ens = api.ensemble(runs, task, out, mode)
     result = ens.evaluate()
+    if result.get("optimistic"):
+        typer.echo("note: the weights come from the dev set scored here, so this score is optimistic "
+                   "(members trained with `ensemble-members` are weighted on their own held-out parts)")
     typer.echo(results_table(result, _specs(ens), label=f"dev, ensemble ({mode})"))
     for member, value in result["members"].items():
         typer.echo(f"member {member}: {100 * value:.1f}")

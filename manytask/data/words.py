@@ -21,8 +21,8 @@ def _column(path: Path, line: int, field: Field, columns: Optional[list[str]], w
     if isinstance(field, int):
         index = field if field >= 0 else width + field
     elif columns is None:
-        raise DataError(path, "name the CoNLL columns ('columns: [token, ..., tag]') or give 0-based positions",
-                        line=line, field=field)
+        raise DataError(path, "name the CoNLL columns ('columns: [token, ..., tag]') or give 0-based positions "
+                              "(by default the words are the first column and the tags the last)", line=line, field=field)
     elif field not in columns:
         raise DataError(path, f"no column {field!r} (columns: {', '.join(columns)})", line=line, field=field)
     else:
@@ -63,6 +63,10 @@ def read_words(spec: TaskSpec, split_name: str, path: Path, fmt: str, text_field
     elif fmt == "conll":
         if id_field is not None:
             raise DataError(path, "CoNLL sentences are named by their first line: 'id_field' does not apply")
+        words_field, tags_field = kind_of(spec).default_fields
+        if spec.columns is None:  # the CoNLL convention: the words in the first column, the tags in the last
+            text_field = 0 if text_field == (words_field or [None])[0] else text_field
+            label_field = -1 if label_field is not None and label_field == tags_field else label_field
         for start, rows in iter_conll(path, spec.encoding):
             ti = _column(path, start, text_field, spec.columns, len(rows[0]))
             li = None if label_field is None else _column(path, start, label_field, spec.columns, len(rows[0]))

@@ -28,6 +28,7 @@ class Recipe(StrictModel):
     slice_mode: Optional[Literal["heads", "sbl"]] = None  # train the tasks' slices so (else they are only scored)
     only: Optional[list[str]] = None  # single and finetune students: train these tasks only (default: all)
     auxiliary: bool = False  # learn the tasks' auxiliary label sets (else the study's `auxiliary:` entries are unused)
+    aux_weight: Optional[float] = None  # with auxiliary: every auxiliary label set's weight (default: each entry's)
     schedule: Literal["linear", "constant"] = "linear"  # teacher annealing, or a constant lambda
     lam: float = 0.0
     temperature: Optional[float] = None  # default: the study's distill.temperature

@@ -58,15 +58,18 @@ class Study:
         data, skipped = load_tasks(probe, with_train=False)
         return [d.name for d in data], skipped
 
-    def entries(self, names: list[str], slice_mode: Optional[str] = None, auxiliary: bool = False):
+    def entries(self, names: list[str], slice_mode: Optional[str] = None, auxiliary: bool = False,
+                aux_weight: Optional[float] = None):
         """The study's task entries for these tasks; a recipe's ``slice_mode`` trains their slices, and
-        ``auxiliary`` their auxiliary label sets."""
+        ``auxiliary`` their auxiliary label sets (each at ``aux_weight`` when given)."""
         out = [e.model_copy(deep=True) for e in self.cfg.tasks if e.name in names]
         for e in out:
             if e.slices is not None:
                 e.slices.mode = slice_mode or "eval"
             if not auxiliary:
                 e.auxiliary = []
+            for a in e.auxiliary:
+                a.weight = a.weight if aux_weight is None else aux_weight
         return out
 
     # ---- one recipe, one seed ----------------------------------------------------------------
@@ -87,7 +90,8 @@ class Study:
         groups = [tasks] if recipe.student == "multi" else [[t] for t in tasks]
         results, finals, specs = {}, {}, {}
         for names in groups:
-            cfg = self._base_config(seed, self.entries(names, recipe.slice_mode, recipe.auxiliary), train)
+            cfg = self._base_config(seed, self.entries(names, recipe.slice_mode, recipe.auxiliary, recipe.aux_weight),
+                                    train)
             cfg.distill = distill
             if recipe.init:
                 source = run_dirs(self.out, seed, self.cfg.recipe(recipe.init), names)[names[0]]

@@ -74,9 +74,10 @@ class Classification(TaskKind):
         return F.cross_entropy(logits.float(), targets.long(), reduction="none")
 
     def expert_confidence(self, expert_logits):
-        """The probability of the class the expert predicts (for two classes it grows with |logit|, as the
-        reference implementation's does)."""
-        return torch.softmax(expert_logits, dim=-1).max(dim=-1).values
+        """Two classes: the probability of the second (positive) class, as Snorkel's slice combiner takes it;
+        more classes (which Snorkel does not support): the probability of the class the expert predicts."""
+        probs = torch.softmax(expert_logits, dim=-1)
+        return probs[..., 1] if probs.shape[-1] == 2 else probs.max(dim=-1).values
 
     def soft_target(self, targets: torch.Tensor, teacher: torch.Tensor, lam: float, temperature: float) -> torch.Tensor:
         teacher = teacher.float()

@@ -1,5 +1,7 @@
 """Ensembles of runs that share a task (MeTaL's last rung): the mean of the members' probabilities, a
-majority vote, or a mean weighted by each member's dev score. An ensemble is a directory with
+majority vote, or a mean weighted by each member's score — on its own held-out part where every member has one
+(members trained on re-splits), else on the dev set the ensemble is scored on (then the ensemble's dev score is
+optimistic, and says so). An ensemble always combines each member's best checkpoint for the task. An ensemble is a directory with
 ``ensemble.json``; ``eval``, ``predict`` and ``submit`` take it like a run.
 
 Members must agree on the task's kind and label space, and on the ids of the examples they are scored on
@@ -81,14 +83,22 @@ class Ensemble:
                 raise EnsembleError(f"{r.path}: its evaluation examples for {task!r} differ from {opened[0].path}'s "
                                     f"({len(i)} vs {len(ids[0])} ids, {len(set(i) ^ set(ids[0]))} not shared)")
         scores = [_dev_primary(r, specs[0]) for r in opened]
-        weights = [max(s, 1e-6) for s in scores] if mode == "weighted" else [1.0] * len(opened)
+        held = [_heldout_primary(r, specs[0]) for r in opened]
+        weights_from = "held-out" if all(h is not None for h in held) else "dev"
+        basis = held if weights_from == "held-out" else scores
+        weights = [max(s, 1e-6) for s in basis] if mode == "weighted" else [1.0] * len(opened)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "ensemble.json", {
-            "task": task, "mode": mode,
-            "members": [{"run": str(r.path.resolve()), "dev_primary": sc, "weight": w}
-                        for r, sc, w in zip(opened, scores, weights)]})
+            "task": task, "mode": mode, "weights_from": weights_from if mode == "weighted" else None,
+            "members": [{"run": str(r.path.resolve()), "dev_primary": sc, "heldout_primary": h, "weight": w}
+                        for r, sc, h, w in zip(opened, scores, held, weights)]})
         return cls(out)
+
+    @property
+    def optimistic(self) -> bool:
+        """A weighted ensemble whose weights come from the dev set it is scored on: its score is optimistic."""
+        return self.mode == "weighted" and self.meta.get("weights_from") != "held-out"
 
     # the interface predict_file and write_submission use
     def specs(self):
@@ -98,7 +108,9 @@ class Ensemble:
         return combine(spec, [m.predict_examples(spec, examples, which) for m in self.members], self.mode, self.weights)
 
     def evaluate(self, which: str = "best") -> dict:
-        """Dev metrics of the ensemble and of each member, on the members' shared evaluation sets."""
+        """Dev metrics of the ensemble and of each member, on the members' shared evaluation sets. An ensemble
+        combines each member's best checkpoint for its task, in evaluation as in predict and submit."""
+        which = "best"
         data = next(d for d in load_tasks(self.cfg, with_train=False)[0] if d.name == self.task)
         results, members, versus = {}, {}, {}
         for split, examples in data.evals.items():
@@ -120,6 +132,7 @@ class Ensemble:
                "members": {k: summarize({self.task: v}, {self.task: data.spec})["primary"][self.task]
                            for k, v in members.items()},
                "members_heldout": {str(m.path): _heldout(m, self.task) for m in self.members},
+               "weights_from": self.meta.get("weights_from"), "optimistic": self.optimistic,
                "versus_members": _holm_over(versus)}
         atomic_write_json(self.path / "eval.json", out)
         return out
@@ -147,6 +160,12 @@ def _heldout(run: Run, task: str) -> dict:
         return {}
     final = json.loads(results.read_text()).get("final") or {}
     return {s: m for s, m in (final.get("tasks", {}).get(task) or {}).items() if not _shared(s)}
+
+
+def _heldout_primary(run: Run, spec) -> "float | None":
+    """A re-split member's primary score on its own held-out part (none for a member without one)."""
+    held = _heldout(run, spec.name)
+    return float(np.mean([m[spec.primary] for m in held.values()])) if held else None
 
 
 def _dev_primary(run: Run, spec) -> float:

@@ -145,8 +145,9 @@ class SliceHeadsObjective(Objective):
 
 
 class SliceBasedObjective(Objective):
-    """Slice-based learning (Chen et al. 2019): each slice indicator's membership loss on every example, plus
-    each expert's loss on its slice's members (slot 0, the base slice, holds every example)."""
+    """Slice-based learning (Chen et al. 2019), as Snorkel compiles it: per slot (the base slice, holding every
+    example, then each slice) an indicator task — is the example in the slice? — with its own batch-mean loss,
+    and an expert task on the slice's members only; every task's loss is added up."""
 
     def __init__(self, spec: TaskSpec, slices: list[str], weight: float):
         self.name, self.kind, self.slices, self.weight = f"{spec.name}/slices", kind_of(spec), slices, weight
@@ -156,7 +157,10 @@ class SliceBasedObjective(Objective):
         indicator, experts = out.sbl.indicator.float(), out.sbl.experts
         members = torch.stack([torch.ones(len(labels), dtype=torch.bool, device=labels.device)]
                               + [batch.slices[s] for s in self.slices], 1)
-        terms = [(F.binary_cross_entropy_with_logits(indicator, members.float(), reduction="sum"), members.numel())]
+        terms = []
+        for k in range(members.shape[1]):
+            terms.append((F.binary_cross_entropy_with_logits(indicator[:, k], members[:, k].float(), reduction="sum"),
+                          len(labels)))
         for k in range(members.shape[1]):
             mask = members[:, k].float()
             terms.append(((self.kind.per_example_loss(experts[:, k], labels) * mask).sum(), mask.sum()))
