@@ -76,9 +76,9 @@ def main() -> None:
     rows = []
     for precision in args.precisions.split(","):
         hf = run_hf(args, precision)
-        mt = run_manytask(args, precision)
-        rows.append({"precision": precision, "hf_trainer_examples_per_s": hf, "manytask_examples_per_s": mt,
-                     "ratio": mt / hf})
+        ours = run_manytask(args, precision)
+        rows.append({"precision": precision, "hf_trainer_examples_per_s": hf, "manytask_examples_per_s": ours,
+                     "ratio": ours / hf})
     print(f"\n{args.task}, {args.examples} train examples, batch {args.batch_size}, max_len {args.max_len}, "
           f"torch threads {torch.get_num_threads()}")
     print("| precision | HF Trainer ex/s | manytask ex/s | ratio |\n|---|---|---|---|")

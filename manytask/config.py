@@ -79,7 +79,8 @@ class SamplingConfig(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch of one optimizer step (all processes and micro-batches together)
+    gradient_accumulation_steps: int = 1  # micro-batches per step: each process runs batch_size / (W x this)
     eval_batch_size: int = 128
     epochs: float = 3.0  # one epoch = as many batches as all training sets hold together
     steps: Optional[int] = None  # overrides epochs
@@ -98,12 +99,26 @@ class TrainConfig(StrictModel):
     log_every: int = 20
     checkpoint_every: Optional[int] = None  # steps; None = at every evaluation and at the end
     progress: bool = True
+    patience: Optional[int] = None  # early stopping: evaluations without a gain of min_delta in the dev average
+    min_delta: float = 0.0  # points of the dev average (primary scores, x100) that count as a gain
+    # experiment trackers, optional extras; None: TensorBoard event files in RUN/tensorboard where installed
+    report_to: Optional[list[Literal["tensorboard", "mlflow", "wandb"]]] = None
+    deterministic: bool = False  # torch's deterministic algorithms (slower on GPUs; CPU runs are deterministic)
+    tf32: bool = True  # on Ampere and later GPUs, fp32 matmuls in TF32 (torch.set_float32_matmul_precision("high"))
+    prefetch: int = 2  # steps collated ahead in a background thread (0: on the training thread)
 
-    @field_validator("batch_size", "eval_batch_size", "log_every")
+    @field_validator("batch_size", "eval_batch_size", "log_every", "gradient_accumulation_steps")
     @classmethod
     def _positive_int(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be at least 1")
+        return v
+
+    @field_validator("patience")
+    @classmethod
+    def _patience(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1 (evaluations)")
         return v
 
 

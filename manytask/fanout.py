@@ -22,9 +22,17 @@ class ClusterError(ManytaskError, RuntimeError):
 Stage = tuple[Callable, tuple, list]  # (function, its arguments, keys of the stages it needs first)
 
 
+def stage_gpus(device: str, cluster_gpus: float) -> float:
+    """GPUs a stage asks Ray for: one where the cluster has GPUs and the device is not set to the CPU. With
+    none asked, Ray hides every GPU from a stage (older Ray) or shows it all of them (newer: every stage would
+    pick cuda:0); with one, Ray gives each stage its own GPU, seen as cuda:0."""
+    return 1.0 if cluster_gpus > 0 and device not in ("cpu", "mps") else 0.0
+
+
 def run_graph(stages: dict[Hashable, Stage], workers: int = 0, address: Optional[str] = None,
-              gpus_per_stage: float = 0.0) -> dict:
-    """Results by key. ``stages`` must be listed so that every stage comes after the stages it needs."""
+              gpus_per_stage: Optional[float] = None) -> dict:
+    """Results by key. ``stages`` must be listed so that every stage comes after the stages it needs.
+    ``gpus_per_stage``: default one GPU per stage where the cluster has GPUs (see ``stage_gpus``)."""
     for key, (_, _, deps) in stages.items():
         missing = [d for d in deps if d not in stages]
         if missing:
@@ -41,6 +49,8 @@ def run_graph(stages: dict[Hashable, Stage], workers: int = 0, address: Optional
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
                  log_to_driver=False, ignore_reinit_error=True, runtime_env={"env_vars": env})
     try:
+        if gpus_per_stage is None:
+            gpus_per_stage = stage_gpus(os.environ.get("MANYTASK_DEVICE", "auto"), ray.cluster_resources().get("GPU", 0))
         refs: dict = {}
         for key, (fn, args, deps) in stages.items():
             remote = ray.remote(num_cpus=1, num_gpus=gpus_per_stage)(_after)

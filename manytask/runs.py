@@ -99,14 +99,25 @@ def _take_label_sets(cfg: RunConfig, labels: dict[str, Optional[list[str]]]) -> 
             t.labels = list(labels[t.name])
 
 
+WHERE_IT_RUNS = ("device", "precision", "progress", "prefetch", "report_to")  # may change when a run resumes
+
+
 def _check_resumable(cfg: RunConfig, saved: Path, out: Path) -> None:
+    """A run resumes with its own config; only where and how fast it runs may change (a run trained on a GPU
+    in fp16 resumes on a CPU in fp32)."""
     own = load_config(saved, saved=True)
     _take_label_sets(cfg, {t.name: t.labels for t in own.tasks})
     for mine, theirs in zip(cfg.tasks, own.tasks):  # auxiliary label sets were read at the first start
         for a, b in zip(mine.auxiliary, theirs.auxiliary):
             a.labels = a.labels or b.labels
-    if dump_config(own) != dump_config(cfg):
+    same = own.model_copy(update={"train": own.train.model_copy(
+        update={k: getattr(cfg.train, k) for k in WHERE_IT_RUNS})})
+    if dump_config(same) != dump_config(cfg):
         raise ConfigError(f"{out}: the config differs from the run's own ({saved}); resume with that config")
+    changed = [f"train.{k}: {getattr(own.train, k)} -> {getattr(cfg.train, k)}" for k in WHERE_IT_RUNS
+               if getattr(own.train, k) != getattr(cfg.train, k)]
+    if changed:
+        log.info("%s resumes with %s", out, ", ".join(changed))
 
 
 def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional[int] = None,
@@ -118,7 +129,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
     out = Path(out)
     saved = out / "config.yaml"
     absolutize_user_files(cfg, Path.cwd())  # as load_config does: a config built in code (a study's) too
-    runtime.init(runtime.resolve_device(cfg.train.device))  # under torchrun: join the other ranks first
+    created = runtime.init(runtime.resolve_device(cfg.train.device))  # under torchrun: join the other ranks first
     if saved.exists() and not resume:
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if resume and saved.exists():
@@ -148,18 +159,24 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
     trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id)
     if resume:
         trainer.resume()
-    if trainer.step >= trainer.total_steps and (out / "results.json").exists():
+    if trainer.finished and (out / "results.json").exists():
         log.info("%s: training already finished", out)
-        return json.loads((out / "results.json").read_text())
+        return _leave(created, json.loads((out / "results.json").read_text()))
     summary = trainer.train(stop_at)
     if "stopped" in summary:
-        return summary
+        return _leave(created, summary)
     summary["titles"] = {d.name: d.eval_titles for d in data}
     summary["skipped"] = skipped
     if runtime.is_main():
         atomic_write_json(out / "results.json", summary)
-    runtime.barrier()
-    return summary
+    return _leave(created, summary)
+
+
+def _leave(created: bool, result: dict) -> dict:
+    """The ranks leave the process group together (when this run made it); rank 0 goes on alone, reporting."""
+    if created:
+        runtime.finish()
+    return result
 
 
 class Run(RunDir):

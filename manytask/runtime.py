@@ -49,6 +49,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise DeviceError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and device.index is not None and launched() and device.index != local_rank():
+        raise DeviceError(f"device {name!r} under torchrun: every rank would take that one GPU; give --device "
+                          f"cuda (each rank takes cuda:LOCAL_RANK; this rank is {local_rank()})")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {name!r}: torch sees no CUDA GPU here (use cpu or auto)")
     if device.type == "cuda" and device.index is None:
@@ -68,12 +71,28 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, else fp32. fp16 needs CUDA (with a gradient scaler)."""
+def gpu_has_native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (Ampere and later); ``torch.cuda.is_bf16_supported()`` alone also counts emulation."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # older torch
+        return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_precision(precision: str, device: torch.device, native_bf16: Optional[bool] = None) -> str:
+    """``auto``: bf16 on GPUs that compute it natively, else fp32 (emulated bf16 on a V100 or T4 is slower than
+    fp32). fp16 needs CUDA (with a gradient scaler). ``native_bf16`` is what the GPU can do, asked unless given."""
     if precision not in PRECISIONS:
         raise DeviceError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if device.type == "cuda" and precision in ("auto", "bf16"):
+        native = gpu_has_native_bf16(device) if native_bf16 is None else native_bf16
+        if precision == "auto":
+            return "bf16" if native else "fp32"
+        if not native:
+            log.warning("precision bf16 on %s: the GPU emulates bf16 (no native support), slower than fp32; "
+                        "use fp16 or fp32 there", device)
     if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise DeviceError(f"precision fp16 needs a CUDA device (this run is on {device.type}); use bf16 or fp32")
     if precision != "fp32" and device.type == "mps":
@@ -86,6 +105,18 @@ def warn_emulated_bf16() -> None:
     """Once a process: bf16 on a CPU that emulates it."""
     log.warning("precision bf16: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag); "
                 "bf16 is emulated and much slower than fp32 here")
+
+
+def inference_precision(precision: str, device: torch.device) -> str:
+    """The precision a trained run predicts in on this device: its training precision where the device runs it,
+    else fp32 (a run trained in fp16 on a GPU evaluates on a CPU; bf16 stays bf16 only where it is native)."""
+    if precision == "fp16" and device.type != "cuda":
+        return "fp32"
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return "fp32"
+    if precision != "fp32" and device.type == "mps":
+        return "fp32"
+    return resolve_precision(precision, device)
 
 
 def autocast(precision: str, device_type: str = "cpu", native_bf16: Optional[bool] = None):
@@ -128,14 +159,36 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init(device: torch.device) -> None:
-    """Join the process group torchrun describes: gloo on CPU, NCCL on CUDA."""
+def init(device: torch.device) -> bool:
+    """Join the process group torchrun describes: gloo on CPU, NCCL on CUDA. Collectives wait up to
+    $MANYTASK_DIST_TIMEOUT minutes (default 60; NCCL's own default, 10, is shorter than a long evaluation or
+    checkpoint write). Returns whether this call created the group (its caller then destroys it)."""
     if active() or not launched():
-        return
+        return False
+    import datetime
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend=backend)
+    minutes = float(os.environ.get("MANYTASK_DIST_TIMEOUT", "60"))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=minutes))
+    return True
+
+
+def finish() -> None:
+    """Leave the process group (the end of a run under torchrun)."""
+    if active():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def broadcast(obj):
+    """Rank 0's object on every rank (one process: the object)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -79,6 +79,10 @@ def test_two_ranks_train_the_weights_of_one_process_with_the_whole_batch(mini_gl
                          capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _close(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < TOLERANCE
+    # every rank scored its share of the dev sets, gathered: the scores are the one process's
+    scores = [json.loads((tmp_path / r / "results.json").read_text())["final"]["primary"] for r in ("one", "two")]
+    assert scores[0].keys() == scores[1].keys()
+    assert all(abs(scores[0][t] - scores[1][t]) < 1e-3 for t in scores[0])
     # rank 0 alone wrote the run: one metrics log, one results file, one table printed
     log = [json.loads(l) for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     events = [e["event"] for e in log]

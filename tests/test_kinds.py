@@ -114,8 +114,8 @@ def test_the_head_loss_and_distillation_losses_fit_the_kind(kind_run):
     from manytask.data.features import collate
 
     _, batches = collate({"t": (feats, list(range(len(examples))))}, run.tokenizer().pad_token_id)
-    total, count = kind.loss(out.logits, batches["t"].labels)
-    assert torch.isfinite(total) and float(count) > 0
+    total, count = kind.loss(out.logits, batches["t"].labels), kind.count(batches["t"].labels)
+    assert torch.isfinite(total) and count > 0
     total.backward()
     if kind.sliceable:
         assert kind.per_example_loss(out.logits, batches["t"].labels).shape == (len(examples),)
@@ -123,7 +123,7 @@ def test_the_head_loss_and_distillation_losses_fit_the_kind(kind_run):
         teacher = out.logits.detach() + 0.5
         for term in (kind.soft_loss(out.logits, batches["t"].labels, teacher, 0.3, 2.0), kind.kd_loss(out.logits,
                                                                                                         teacher, 2.0)):
-            assert torch.isfinite(term[0]) and term[1] == len(examples)
+            assert torch.isfinite(term) and term.dim() == 0
         logits = [row for row in out.logits.detach()]
         assert kind.teacher_logits(logits).shape == (len(examples), spec.num_outputs)
 

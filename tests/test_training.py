@@ -101,7 +101,8 @@ def test_a_mixed_batch_goes_through_the_trunk_once_and_each_example_through_its_
     for task, idx in step.items():
         inputs, batches = collate({task: (by_name[task].train, idx)}, tok.pad_token_id)  # the task's examples alone
         logits = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], tasks=[task])[task].logits
-        total, count = kind_of(by_name[task].spec).loss(logits, batches[task].labels)
+        kind = kind_of(by_name[task].spec)
+        total, count = kind.loss(logits, batches[task].labels), kind.count(batches[task].labels)
         own = total / count
         assert per_task[task].item() == pytest.approx(own.item(), abs=1e-5), task
         want += own.item() * len(idx) / n

@@ -29,7 +29,9 @@ SetOpt = typer.Option([], "--set", help="override a key: --set train.lr=3e-5")
 
 
 def setup(glue_dir: Optional[Path] = None, device: Optional[str] = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports; the others warn
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(levelname)s %(message)s",
+                        stream=sys.stderr)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()  # the MiniLM checkpoint's unused pooler is expected

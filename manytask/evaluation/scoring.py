@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from manytask import runtime
 from manytask.config import SMALL_SLICE
 from manytask.data.features import encode, pad_inputs
 from manytask.data.slices import membership
@@ -22,13 +23,14 @@ from manytask.tasks import TaskSpec
 
 
 def _batches(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
-             precision: str) -> Iterator[tuple[list[int], torch.Tensor]]:
+             precision: str, share: Optional[list[int]] = None) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(example indices, their logits as float on the CPU) batch by batch, in eval mode; batches are
-    length-sorted to pad little. The model's train/eval mode is restored at the end."""
+    length-sorted to pad little. ``share``: only these examples. The model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    order = np.argsort([-n for n in feats.lengths], kind="stable")
+    rows = np.arange(len(feats)) if share is None else np.asarray(share, dtype=int)
+    order = rows[np.argsort([-feats.lengths[i] for i in rows], kind="stable")]
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start: start + batch_size].tolist()
@@ -41,19 +43,28 @@ def _batches(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size:
 
 
 def predict_outputs(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
-                    precision: str = "fp32") -> list[torch.Tensor]:
-    """Each example's logits, in the order of ``feats``."""
+                    precision: str = "fp32", sharded: bool = False) -> list[torch.Tensor]:
+    """Each example's logits, in the order of ``feats``. ``sharded`` (under data parallelism): every rank
+    predicts every W-th example and the logits are gathered, so every rank gets them all."""
+    share = list(range(runtime.rank(), len(feats), runtime.world())) if sharded and runtime.world() > 1 else None
     outputs: list[Optional[torch.Tensor]] = [None] * len(feats)
-    for idx, logits in _batches(model, spec, feats, batch_size, pad_id, precision):
+    mine = []
+    for idx, logits in _batches(model, spec, feats, batch_size, pad_id, precision, share):
         for row, i in enumerate(idx):
             outputs[i] = logits[row]
+            mine.append(i)
+    if share is not None:
+        for part in runtime.gather([(i, outputs[i]) for i in mine]):
+            for i, row in part:
+                outputs[i] = row
     return outputs  # type: ignore[return-value]
 
 
 def predict(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
-            precision: str = "fp32") -> Predictions:
+            precision: str = "fp32", sharded: bool = False) -> Predictions:
     """Predictions as the task's kind decodes them."""
-    return kind_of(spec).decode(spec, predict_outputs(model, spec, feats, batch_size, pad_id, precision), feats)
+    outputs = predict_outputs(model, spec, feats, batch_size, pad_id, precision, sharded)
+    return kind_of(spec).decode(spec, outputs, feats)
 
 
 def predict_logits(model: MultiTaskModel, spec: TaskSpec, feats: Features, batch_size: int, pad_id: int,
@@ -84,12 +95,13 @@ def slice_scores(spec: TaskSpec, preds: Predictions, feats: Features, min_size: 
 
 
 def evaluate_features(model: MultiTaskModel, spec: TaskSpec, evals: dict[str, Features], titles: dict[str, str],
-                      batch_size: int, pad_id: int, precision: str = "fp32", slice_min: int = SMALL_SLICE
-                      ) -> dict[str, dict]:
-    """Metrics of every evaluation split of one task, and of each of its slices."""
+                      batch_size: int, pad_id: int, precision: str = "fp32", slice_min: int = SMALL_SLICE,
+                      sharded: bool = False) -> dict[str, dict]:
+    """Metrics of every evaluation split of one task, and of each of its slices (``sharded``: see
+    ``predict_outputs``)."""
     out = {}
     for split, feats in evals.items():
-        preds = predict(model, spec, feats, batch_size, pad_id, precision)
+        preds = predict(model, spec, feats, batch_size, pad_id, precision, sharded)
         out[split] = score(spec, preds, feats, titles[split])
         if feats.slices:
             out[split]["slices"] = slice_scores(spec, preds, feats, slice_min)

@@ -18,8 +18,6 @@ from torch import nn
 from manytask.errors import ManytaskError
 from manytask.records import Features, Prediction, Predictions
 
-Term = tuple[torch.Tensor, Any]  # (sum of a loss over examples or tokens, how many carried it)
-
 
 class LabelError(ManytaskError, ValueError):
     """A label a kind cannot read; the reader adds file, line and field."""
@@ -104,17 +102,23 @@ class TaskKind:
     def per_example_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"a {self.name} task has no per-example loss")
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> Term:
-        """The gold loss as (sum, count): the mean is taken once the step's counts are reduced."""
-        return self.per_example_loss(logits, targets).sum(), len(targets)
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The gold loss summed over what carries it (``count``): the mean is taken once the step's counts are
+        reduced, so a batch split over micro-batches or processes gives the mean of the whole batch."""
+        return self.per_example_loss(logits, targets).sum()
+
+    def count(self, targets: torch.Tensor) -> int:
+        """How many carry the loss: the examples (or, for word-level kinds, the labelled tokens)."""
+        return len(targets)
 
     def soft_loss(self, logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor, lam: float,
-                  temperature: float) -> Term:
-        """BAM: the loss against lam * gold + (1 - lam) * teacher."""
+                  temperature: float) -> torch.Tensor:
+        """BAM: the loss against lam * gold + (1 - lam) * teacher, summed over the examples."""
         raise NotImplementedError(f"{self.name} tasks cannot be distilled")
 
-    def kd_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> Term:
-        """Hinton et al.: the student's distance to the teacher (its T^2 factor applied by the caller)."""
+    def kd_loss(self, logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Hinton et al.: the student's distance to the teacher, summed over the examples (its T^2 factor is
+        ``kd_scale``)."""
         raise NotImplementedError(f"{self.name} tasks cannot be distilled")
 
     def kd_scale(self, temperature: float) -> float:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from manytask.kinds import register_kind
-from manytask.kinds.base import LabelError, TaskKind, Term, check_metrics
+from manytask.kinds.base import LabelError, TaskKind, check_metrics
 from manytask.records import Prediction, Predictions
 
 log = logging.getLogger(__name__)
@@ -84,15 +84,15 @@ class Classification(TaskKind):
         gold = F.one_hot(targets.long(), num_classes=teacher.shape[-1]).float()
         return lam * gold + (1.0 - lam) * torch.softmax(teacher / temperature, dim=-1)
 
-    def soft_loss(self, logits, targets, teacher, lam, temperature) -> Term:
+    def soft_loss(self, logits, targets, teacher, lam, temperature) -> torch.Tensor:
         target = self.soft_target(targets, teacher, lam, temperature)
-        return -(target * F.log_softmax(logits.float(), dim=-1)).sum(), len(targets)
+        return -(target * F.log_softmax(logits.float(), dim=-1)).sum()
 
-    def kd_loss(self, logits, teacher, temperature) -> Term:
+    def kd_loss(self, logits, teacher, temperature) -> torch.Tensor:
         logits, teacher = logits.float(), teacher.float()
         kl = F.kl_div(F.log_softmax(logits / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
                       reduction="sum", log_target=True)
-        return kl, len(logits)
+        return kl
 
     def kd_scale(self, temperature: float) -> float:
         return temperature ** 2

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss
 
 from manytask.kinds import register_kind
-from manytask.kinds.base import LabelError, TaskKind, Term, check_metrics
+from manytask.kinds.base import LabelError, TaskKind, check_metrics
 from manytask.records import Prediction, Predictions
 
 SEPARATOR = "|"
@@ -62,14 +62,14 @@ class MultiLabel(TaskKind):
     def per_example_loss(self, logits, targets):
         return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none").mean(-1)
 
-    def soft_loss(self, logits, targets, teacher, lam, temperature) -> Term:
+    def soft_loss(self, logits, targets, teacher, lam, temperature) -> torch.Tensor:
         target = lam * targets.float() + (1.0 - lam) * torch.sigmoid(teacher.float() / temperature)
-        return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(-1).sum(), len(targets)
+        return F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").mean(-1).sum()
 
-    def kd_loss(self, logits, teacher, temperature) -> Term:
+    def kd_loss(self, logits, teacher, temperature) -> torch.Tensor:
         soft = torch.sigmoid(teacher.float() / temperature)
         per = F.binary_cross_entropy_with_logits(logits.float() / temperature, soft, reduction="none").mean(-1)
-        return per.sum(), len(logits)
+        return per.sum()
 
     def kd_scale(self, temperature: float) -> float:
         return temperature ** 2

@@ -10,7 +10,7 @@ import torch
 from scipy.stats import pearsonr, spearmanr
 
 from manytask.kinds import register_kind
-from manytask.kinds.base import LabelError, PooledHead, TaskKind, Term, check_metrics
+from manytask.kinds.base import LabelError, PooledHead, TaskKind, check_metrics
 from manytask.records import Prediction, Predictions
 
 
@@ -97,15 +97,15 @@ class Regression(TaskKind):
     def per_example_loss(self, logits, targets):
         return (torch.sigmoid(logits.float()) - targets.float()) ** 2
 
-    def soft_loss(self, logits, targets, teacher, lam, temperature) -> Term:
+    def soft_loss(self, logits, targets, teacher, lam, temperature) -> torch.Tensor:
         teacher = torch.sigmoid(teacher.float().reshape(targets.shape))
         target = lam * targets.float() + (1.0 - lam) * teacher
-        return ((torch.sigmoid(logits.float()) - target) ** 2).sum(), len(targets)
+        return ((torch.sigmoid(logits.float()) - target) ** 2).sum()
 
-    def kd_loss(self, logits, teacher, temperature) -> Term:
+    def kd_loss(self, logits, teacher, temperature) -> torch.Tensor:
         """No temperature for a score: L2 to the teacher's score."""
         logits = logits.float()
-        return ((torch.sigmoid(logits) - torch.sigmoid(teacher.float().reshape(logits.shape))) ** 2).sum(), len(logits)
+        return ((torch.sigmoid(logits) - torch.sigmoid(teacher.float().reshape(logits.shape))) ** 2).sum()
 
     def decode(self, spec, logits, feats) -> Predictions:
         stacked = torch.stack(logits).reshape(len(logits), -1)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from manytask.kinds import register_kind
-from manytask.kinds.base import LabelError, TaskKind, Term, check_metrics
+from manytask.kinds.base import LabelError, TaskKind, check_metrics
 from manytask.records import IGNORE, Prediction, Predictions
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,14 @@ def tagging_metrics(gold: list[list[str]], pred: list[list[Optional[str]]], name
     return out
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> Term:
-    """Cross-entropy over the labelled tokens of [batch, tokens, labels] logits (IGNORE elsewhere)."""
+def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the labelled tokens of [batch, tokens, labels] logits (IGNORE elsewhere)."""
     logits, labels = logits.float(), labels.long().reshape(-1)
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=IGNORE, reduction="sum")
-    return total, (labels != IGNORE).sum()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, ignore_index=IGNORE, reduction="sum")
+
+
+def token_count(labels: torch.Tensor) -> int:
+    return int((labels != IGNORE).sum())
 
 
 @register_kind
@@ -125,8 +128,11 @@ class Tagging(TaskKind):
         found = {t for row in tags for t in row}
         return (["O"] if "O" in found else []) + sorted(found - {"O"})
 
-    def loss(self, logits, targets) -> Term:
+    def loss(self, logits, targets) -> torch.Tensor:
         return token_loss(logits, targets)
+
+    def count(self, targets) -> int:
+        return token_count(targets)
 
     def decode(self, spec, logits, feats) -> Predictions:
         tags, probs = [], []

@@ -1,5 +1,6 @@
-"""Inference precision of a model: fp32, bf16 (autocast; on a CPU only where native) or int8 (dynamic
-quantisation of the trunk's and branches' linear layers, done once at load; heads stay fp32)."""
+"""Inference precision of a model: fp32, bf16 (autocast; on a CPU only where native, on a GPU where native),
+fp16 (autocast on a GPU: the half precision of GPUs without bf16) or int8 (dynamic quantisation of the
+trunk's and branches' linear layers, done once at load, on the CPU; heads stay fp32)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import torch
 from torch import nn
 
 from manytask.errors import ManytaskError
-from manytask.runtime import cpu_has_native_bf16
+from manytask.runtime import cpu_has_native_bf16, gpu_has_native_bf16
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 class PrecisionError(ManytaskError, ValueError):
@@ -24,6 +25,10 @@ def check(precision: str, device: torch.device) -> None:
         raise PrecisionError("int8 (dynamic quantisation) runs on the CPU; serve with --device cpu")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         raise PrecisionError("bf16 on this CPU is emulated (no avx512_bf16/amx_bf16): far slower than fp32")
+    if precision == "bf16" and device.type == "cuda" and not gpu_has_native_bf16(device):
+        raise PrecisionError(f"bf16 on {device} is emulated (before Ampere): serve with --precision fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise PrecisionError("fp16 serves on a CUDA GPU; on a CPU use fp32, bf16 (where native) or int8")
 
 
 def quantize(module: nn.Module) -> nn.Module:
@@ -42,4 +47,4 @@ def quantize_model(model) -> None:
 
 def autocast_precision(precision: str) -> str:
     """What autocast runs for a served precision: int8 is in the weights, fp32 arithmetic around them."""
-    return "bf16" if precision == "bf16" else "fp32"
+    return precision if precision in ("bf16", "fp16") else "fp32"

@@ -20,7 +20,7 @@ from manytask.models.build import build_model
 from manytask.models.checkpoints import CheckpointDir
 from manytask.models.multitask import MultiTaskModel
 from manytask.models.weights import load_weights
-from manytask.runtime import resolve_device, resolve_precision
+from manytask.runtime import inference_precision, resolve_device
 
 
 class RunDir:
@@ -49,8 +49,8 @@ class RunDir:
 
     @property
     def precision(self) -> str:
-        """The precision the run evaluates in on this machine (``auto`` resolved here, not passed on)."""
-        return resolve_precision(self.cfg.train.precision, self.device)
+        """The precision the run predicts in on this machine (``auto`` resolved; fp16 from a GPU is fp32 here)."""
+        return inference_precision(self.cfg.train.precision, self.device)
 
     @cached_property
     def _tokenizer(self):

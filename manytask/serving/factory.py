@@ -6,10 +6,33 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 from fastapi import FastAPI
 
 ENV = "MANYTASK_SERVE"
+
+
+def worker_device(device: str, slots: str, count: Optional[int] = None) -> str:
+    """The GPU of the next worker process: the workers of ``serve --workers N`` take the visible GPUs in turn
+    (a counter in the ``slots`` file, under a lock). A CPU, or one GPU, is every worker's."""
+    import fcntl
+
+    import torch
+
+    if device not in ("auto", "cuda"):
+        return device
+    count = torch.cuda.device_count() if count is None else count
+    if count < 2:
+        return device
+    with open(slots, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        taken = len(f.read())
+        f.write("x")
+        f.flush()
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return f"cuda:{taken % count}"
 
 
 def build_app(options: dict) -> FastAPI:
@@ -29,5 +52,8 @@ def build_app(options: dict) -> FastAPI:
 
 
 def build() -> FastAPI:
-    """uvicorn's factory in each worker process."""
-    return build_app(json.loads(os.environ[ENV]))
+    """uvicorn's factory in each worker process (each takes its own GPU where there are several)."""
+    options = json.loads(os.environ[ENV])
+    if options.get("slots"):
+        options["device"] = worker_device(options["device"], options["slots"])
+    return build_app(options)

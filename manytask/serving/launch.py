@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 from manytask.bundles import Bundle
 from manytask.config import RunConfig
 from manytask.errors import ConfigError
+from manytask.runtime import resolve_device
 from manytask.serving.app import check_token
 from manytask.serving.factory import ENV, build_app
 from manytask.serving.precision import PrecisionError, compare, score_precisions
@@ -29,11 +31,18 @@ def precision_table(scores: dict) -> str:
     return "\n".join(lines)
 
 
-def checked_scores(bundle: Bundle, precision: str, tolerance: float, force: bool, echo=log.info) -> dict:
-    """fp32 and ``precision`` dev scores of every task (cached in the bundle); a task that loses more than
-    ``tolerance`` points refuses the precision unless forced."""
-    scores = score_precisions(bundle, precision, RunConfig(tasks=["sst2"]).resolved_glue_dir())
+def checked_scores(bundle: Bundle, precision: str, tolerance: float, force: bool, echo=log.info,
+                   device: str = "cpu") -> dict:
+    """fp32 and ``precision`` dev scores of every task, on the device that will serve (cached with the bundle);
+    a task that loses more than ``tolerance`` points, or that cannot be scored here (its dev data is not on this
+    machine), refuses the precision unless forced."""
+    scores = score_precisions(bundle, precision, RunConfig(tasks=["sst2"]).resolved_glue_dir(), resolve_device(device))
     echo(precision_table(scores))
+    unscored = {t: v["unscored"] for t, v in scores[precision].items() if "unscored" in v}
+    if unscored and not force:
+        raise PrecisionError(f"{precision} cannot be checked against fp32 for: "
+                             + "; ".join(f"{t} ({why})" for t, why in sorted(unscored.items()))
+                             + " (put the dev data where the config says, or --force to serve it unchecked)")
     worse = compare(scores["fp32"], scores[precision], tolerance)
     if worse and not force:
         raise PrecisionError(f"{precision} costs more than {tolerance} points on: {'; '.join(worse)} "
@@ -95,8 +104,12 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
         b = Bundle(bundle_of(bundle, echo))
         options["bundle"] = str(b.root.resolve())
         if precision != "fp32":
-            options["dev_scores"] = checked_scores(b, precision, tolerance, force, echo)
-    app = build_app(options)  # also checks every argument before a worker starts
+            options["dev_scores"] = checked_scores(b, precision, tolerance, force, echo, device)
+    if workers > 1 and device != "cpu":
+        app = None  # each worker builds its own on its GPU: the parent keeps no CUDA context
+        options["slots"] = str(Path(tempfile.mkdtemp(prefix="manytask-serve-")) / "slots")
+    else:
+        app = build_app(options)  # also checks every argument before a worker starts
     os.environ["MANYTASK_HEADER_TIMEOUT"] = str(header_timeout)
     GuardedH11Protocol.header_timeout = header_timeout
     kw = {"host": host, "port": port, "log_level": "warning", "http": GuardedH11Protocol,

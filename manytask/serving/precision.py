@@ -2,14 +2,15 @@
 trunk's and branches' linear layers, done once at load; heads stay fp32), and each task's dev score under
 it, so a precision that costs a task more than a stated tolerance is refused unless forced.
 
-Scores are cached in ``BUNDLE/scores/<task dir>.<precision>.json``: a changed task has a new directory, so
-its score is computed again.
+Scores are cached in ``BUNDLE/scores/<task dir>.<precision>.<device type>.json`` (elsewhere for a bundle this
+process cannot write): a changed task has a new directory, so its score is computed again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +21,7 @@ from manytask.config import TaskEntry
 from manytask.data.loading import load_task
 from manytask.evaluation.scoring import evaluate_data, summarize
 from manytask.io import atomic_write_json
-from manytask.models.precision import PRECISIONS, PrecisionError, check, quantize, quantize_model  # noqa: F401
+from manytask.models.precision import PRECISIONS, PrecisionError, autocast_precision, check, quantize, quantize_model  # noqa: F401
 
 log = logging.getLogger(__name__)
 def _eval_data(pkg, glue_dir: Path):
@@ -29,16 +30,40 @@ def _eval_data(pkg, glue_dir: Path):
     return load_task(entry, pkg.spec, glue_dir, ev["data_seed"] if ev else 0, with_train=False)
 
 
-def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size: int = 64) -> dict[str, dict]:
-    """Each task's primary dev score under ``precision`` with ``model`` (the served one), cached by task
-    directory; a task whose dev data is not on this machine is reported as unscored, with the reason."""
+def cache_root(bundle: Bundle) -> Path:
+    """Where a bundle's scores are cached: BUNDLE/scores, or, for a bundle this process cannot write (a
+    read-only volume), $MANYTASK_CACHE (default ~/.cache/manytask)/scores/<trunk hash>."""
+    own = bundle.root / "scores"
+    if os.access(own if own.exists() else bundle.root, os.W_OK):
+        return own
+    base = Path(os.environ.get("MANYTASK_CACHE") or Path.home() / ".cache" / "manytask")
+    return base / "scores" / bundle.trunk_sha256[:16]
+
+
+def _cached(bundle: Bundle, root: Path, task_dir: str, precision: str, device_type: str) -> tuple[Path, Optional[dict]]:
+    """A task's cached score under a precision on a kind of device (a bf16 score on a GPU is not a CPU's);
+    scores cached before devices were told apart were CPU scores."""
+    path = root / f"{task_dir}.{precision}.{device_type}.json"
+    for p in ([path, bundle.root / "scores" / f"{task_dir}.{precision}.json"] if device_type == "cpu" else [path]):
+        if p.exists():
+            return path, json.loads(p.read_text())
+    return path, None
+
+
+def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size: int = 64,
+               device: Optional[torch.device] = None) -> dict[str, dict]:
+    """Each task's primary dev score under ``precision`` with ``model`` (the served one, on ``device``), cached
+    by task directory, precision and device type; a task whose dev data is not on this machine is reported as
+    unscored, with the reason."""
+    device = device or next(model.parameters()).device
     tok = bundle.tokenizer()
     max_len = bundle.manifest["trunk"]["max_seq_length"]
+    root = cache_root(bundle)
     out = {}
     for name, entry in bundle.manifest["tasks"].items():
-        cache = bundle.root / "scores" / f"{Path(entry['dir']).name}.{precision}.json"
-        if cache.exists():
-            out[name] = json.loads(cache.read_text())
+        cache, hit = _cached(bundle, root, Path(entry["dir"]).name, precision, device.type)
+        if hit is not None:
+            out[name] = hit
             continue
         pkg = bundle.package(name)
         try:
@@ -46,7 +71,7 @@ def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size
         except (FileNotFoundError, ValueError) as e:
             out[name] = {"unscored": str(e).splitlines()[0][:300]}
             continue
-        results = evaluate_data(model, data, tok, max_len, batch_size, "bf16" if precision == "bf16" else "fp32")
+        results = evaluate_data(model, data, tok, max_len, batch_size, autocast_precision(precision))
         score = summarize({name: results}, {name: data.spec})["primary"][name]
         out[name] = {"score": score, "metric": data.spec.primary, "n": sum(len(ex) for ex in data.evals.values())}
         atomic_write_json(cache, out[name])
@@ -64,7 +89,8 @@ def compare(base: dict, other: dict, tolerance: float) -> list[str]:
 
 
 def score_precisions(bundle: Bundle, precision: str, glue_dir: Path, device: Optional[torch.device] = None) -> dict:
-    """fp32 and ``precision`` dev scores of every task (fresh models from the bundle)."""
+    """fp32 and ``precision`` dev scores of every task (fresh models from the bundle), on the device that will
+    serve them."""
     device = device or torch.device("cpu")
     check(precision, device)
     scores = {}
@@ -72,5 +98,5 @@ def score_precisions(bundle: Bundle, precision: str, glue_dir: Path, device: Opt
         model = bundle.merged_model().to(device).eval()
         if p == "int8":
             quantize_model(model)
-        scores[p] = dev_scores(bundle, model, p, glue_dir)
+        scores[p] = dev_scores(bundle, model, p, glue_dir, device=device)
     return scores

@@ -4,9 +4,11 @@ A task contributes its own objective (its gold labels, or a teacher's soft targe
 set, and its slices' (MeTaL's slice heads: the task's kind with non-members' labels masked out; or
 slice-based learning's indicators and experts). The trainer knows none of them: it sums what they return.
 
-Every objective gives its loss as terms (sum over examples or tokens, count); the trainer reduces all the
-step's counts at once (across processes too) and hands the means back to ``combine``. So each loss is the mean
-one process would take over the whole batch, however the batch is split.
+Every objective gives its loss as terms: ``counts`` (how many examples or tokens carry each term, read off the
+batch alone) and ``sums`` (each term summed over them). The trainer adds the counts of a whole step up — over
+its micro-batches and its processes, in one reduction — and hands each micro-batch's sums over those counts to
+``combine``, which is linear: so each loss is the mean one process would take over the whole batch, however
+the batch is split.
 """
 
 from __future__ import annotations
@@ -22,8 +24,7 @@ from manytask.config import DistillConfig, TaskEntry
 from manytask.data.features import TaskBatch
 from manytask.data.target_store import TargetError, TeacherTargets, targets_path
 from manytask.kinds import kind_of
-from manytask.kinds.base import Term
-from manytask.kinds.tagging import token_loss
+from manytask.kinds.tagging import token_count, token_loss
 from manytask.models.multitask import TaskOutput
 from manytask.records import Features
 from manytask.tasks import TaskSpec
@@ -35,11 +36,16 @@ class Objective:
     name: str = ""
     weight: float = 1.0
 
-    def terms(self, out: TaskOutput, batch: TaskBatch, progress: float) -> list[Term]:
+    def counts(self, batch: TaskBatch) -> list:
+        """Per term, how many carry it in this batch (from its labels and masks; no model output needed)."""
+        raise NotImplementedError
+
+    def sums(self, out: TaskOutput, batch: TaskBatch, progress: float) -> list[torch.Tensor]:
+        """Per term, the loss summed over what carries it."""
         raise NotImplementedError
 
     def combine(self, means: list[torch.Tensor]) -> torch.Tensor:
-        """The objective's value from the means of its terms."""
+        """The objective's value from its terms' means; linear in them."""
         return means[0]
 
     def log_state(self, progress: float) -> dict:
@@ -52,7 +58,10 @@ class GoldObjective(Objective):
     def __init__(self, spec: TaskSpec):
         self.name, self.kind = spec.name, kind_of(spec)
 
-    def terms(self, out, batch, progress):
+    def counts(self, batch):
+        return [self.kind.count(batch.labels)]
+
+    def sums(self, out, batch, progress):
         return [self.kind.loss(out.logits, batch.labels)]
 
 
@@ -75,9 +84,9 @@ class TeacherObjective(Objective):
         self.name, self.kind, self.cfg, self.teacher = spec.name, kind_of(spec), cfg, teacher
         if not self.kind.distillable:
             raise TargetError(f"task {spec.name!r}: distillation of {spec.kind} tasks is not supported")
-        self.soft_loss: Callable[..., Term] = self.kind.soft_loss
-        self.kd_loss: Callable[..., Term] = self.kind.kd_loss
-        self.gold_loss: Callable[..., Term] = self.kind.loss
+        self.soft_loss: Callable[..., torch.Tensor] = self.kind.soft_loss
+        self.kd_loss: Callable[..., torch.Tensor] = self.kind.kd_loss
+        self.gold_loss: Callable[..., torch.Tensor] = self.kind.loss
 
     @classmethod
     def from_store(cls, spec: TaskSpec, cfg: DistillConfig, train: Features) -> "TeacherObjective":
@@ -100,7 +109,11 @@ class TeacherObjective(Objective):
             self.teacher = self.teacher.to(batch.index.device)
         return self.teacher[batch.index]
 
-    def terms(self, out, batch, progress):
+    def counts(self, batch):
+        n = len(batch.labels)
+        return [self.kind.count(batch.labels), n] if self.cfg.style == "hinton" else [n]
+
+    def sums(self, out, batch, progress):
         teacher, lam = self._teacher(batch), self.lam(progress)
         self._lam = lam
         if self.cfg.style == "hinton":
@@ -119,7 +132,10 @@ class AuxiliaryObjective(Objective):
     def __init__(self, task: str, label_set: str, weight: float):
         self.name, self.label_set, self.weight = f"{task}/{label_set}", label_set, weight
 
-    def terms(self, out, batch, progress):
+    def counts(self, batch):
+        return [token_count(batch.aux[self.label_set])]
+
+    def sums(self, out, batch, progress):
         return [token_loss(out.aux[self.label_set], batch.aux[self.label_set])]
 
 
@@ -130,12 +146,12 @@ class SliceHeadsObjective(Objective):
     def __init__(self, spec: TaskSpec, slices: list[str], weight: float):
         self.name, self.kind, self.slices, self.weight = f"{spec.name}/slices", kind_of(spec), slices, weight
 
-    def terms(self, out, batch, progress):
-        terms = []
-        for s in self.slices:
-            mask = batch.slices[s].float()
-            terms.append(((self.kind.per_example_loss(out.slices[s], batch.labels) * mask).sum(), mask.sum()))
-        return terms
+    def counts(self, batch):
+        return [batch.slices[s].float().sum() for s in self.slices]
+
+    def sums(self, out, batch, progress):
+        return [(self.kind.per_example_loss(out.slices[s], batch.labels) * batch.slices[s].float()).sum()
+                for s in self.slices]
 
     def combine(self, means):
         total = torch.zeros((), device=means[0].device)
@@ -152,19 +168,20 @@ class SliceBasedObjective(Objective):
     def __init__(self, spec: TaskSpec, slices: list[str], weight: float):
         self.name, self.kind, self.slices, self.weight = f"{spec.name}/slices", kind_of(spec), slices, weight
 
-    def terms(self, out, batch, progress):
-        labels = batch.labels
-        indicator, experts = out.sbl.indicator.float(), out.sbl.experts
-        members = torch.stack([torch.ones(len(labels), dtype=torch.bool, device=labels.device)]
-                              + [batch.slices[s] for s in self.slices], 1)
-        terms = []
-        for k in range(members.shape[1]):
-            terms.append((F.binary_cross_entropy_with_logits(indicator[:, k], members[:, k].float(), reduction="sum"),
-                          len(labels)))
-        for k in range(members.shape[1]):
-            mask = members[:, k].float()
-            terms.append(((self.kind.per_example_loss(experts[:, k], labels) * mask).sum(), mask.sum()))
-        return terms
+    def _members(self, batch) -> torch.Tensor:
+        every = torch.ones(len(batch.labels), dtype=torch.bool, device=batch.labels.device)
+        return torch.stack([every] + [batch.slices[s] for s in self.slices], 1)
+
+    def counts(self, batch):
+        members = self._members(batch).float()
+        return [len(batch.labels)] * members.shape[1] + [members[:, k].sum() for k in range(members.shape[1])]
+
+    def sums(self, out, batch, progress):
+        indicator, experts, members = out.sbl.indicator.float(), out.sbl.experts, self._members(batch)
+        out_sums = [F.binary_cross_entropy_with_logits(indicator[:, k], members[:, k].float(), reduction="sum")
+                    for k in range(members.shape[1])]
+        return out_sums + [(self.kind.per_example_loss(experts[:, k], batch.labels) * members[:, k].float()).sum()
+                           for k in range(members.shape[1])]
 
     def combine(self, means):
         total = means[0]
@@ -177,7 +194,7 @@ def value(objective: Objective, out: TaskOutput, batch: TaskBatch, progress: flo
     """The objective on one batch in one process: each term's sum over its count (zero where nothing counts),
     combined. The trainer does the same with the counts reduced over the step's processes."""
     means = []
-    for s, c in objective.terms(out, batch, progress):
+    for s, c in zip(objective.sums(out, batch, progress), objective.counts(batch)):
         c = torch.as_tensor(c, dtype=torch.float32, device=s.device)
         means.append(s / c if c > 0 else s * 0.0)
     return objective.combine(means)
