@@ -10,7 +10,7 @@ of the package does not import them all.
 
 # names that are not also submodules (``manytask.config`` and ``manytask.flex`` are packages' own modules)
 __all__ = ["Bundle", "ManytaskError", "Model", "Prediction", "Run", "Scores", "app", "bam", "cpu_info", "encoder_path",
-           "ensemble", "ensemble_members", "flex_config", "flex_pipeline", "glue_files", "load_config", "open_run",
+           "ensemble", "ensemble_members", "export_model", "flex_config", "flex_pipeline", "glue_files", "load_config", "open_run",
            "serve", "task_data", "train", "weak", "write_report"]
 
 

@@ -286,6 +286,13 @@ def serve(bundle: Optional[Union[str, Path]] = None, runs: Optional[dict[str, st
     launch(Path(bundle) if bundle is not None else None, runs or {}, limits, **options)
 
 
+def export_model(source: Union[str, Path], to: Union[str, Path], format: str = "hf", task: Optional[str] = None) -> dict:
+    """A run's or bundle's task as a transformers model directory (``hf``), or a task or a whole bundle as ONNX."""
+    from manytask.export import export as write
+
+    return write(Path(source), Path(to), format, task)
+
+
 def app(bundle: Union[str, Path], device: str = "cpu", precision: str = "fp32", admin_token: Optional[str] = None):
     """The server's ASGI app over a bundle, for a notebook or a test client (no port opened)."""
     from manytask.serving.app import create_app

@@ -9,7 +9,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from manytask.data.features import encode_words
+from manytask.data.features import encode_words, segment_ids
 from manytask.errors import ManytaskError, UnknownTask
 from manytask.kinds import kind_of
 from manytask.models.multitask import MultiTaskModel
@@ -25,8 +25,9 @@ class InputError(ManytaskError, ValueError):
 
 def tokenize(tokenizer, texts: Sequence[str], pairs: Optional[Sequence[str]], max_length: int) -> dict:
     enc = tokenizer(list(texts), list(pairs) if pairs is not None else None, truncation=True, max_length=max_length,
-                    padding=True, return_tensors="pt", return_token_type_ids=True)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_type_ids": enc["token_type_ids"]}
+                    padding=True, return_tensors="pt", return_token_type_ids=segment_ids(tokenizer))
+    types = enc["token_type_ids"] if "token_type_ids" in enc else torch.zeros_like(enc["input_ids"])
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_type_ids": types}
 
 
 def tokenize_words(tokenizer, texts: Sequence[str], max_length: int) -> dict:
@@ -35,10 +36,9 @@ def tokenize_words(tokenizer, texts: Sequence[str], max_length: int) -> dict:
     same as tokenising the raw text, so sentence tasks asked in the same request read the same input."""
     words = [t.split() for t in texts]
     enc, firsts = encode_words(words, tokenizer, max_length)
-    padded = tokenizer.pad({"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]},
-                           return_tensors="pt")
+    padded = tokenizer.pad({"input_ids": enc["input_ids"]}, return_tensors="pt")
     return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
-            "token_type_ids": padded["token_type_ids"], "words": words, "first_piece": firsts}
+            "token_type_ids": torch.zeros_like(padded["input_ids"]), "words": words, "first_piece": firsts}
 
 
 @torch.inference_mode()

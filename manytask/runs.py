@@ -16,7 +16,7 @@ from manytask.config import ConfigError, DistillConfig, RunConfig, absolutize_us
 from manytask.data.features import encode
 from manytask.data.loading import TaskData, load_tasks
 from manytask.data.slices import membership
-from manytask.encoders.loading import load_tokenizer, save_encoder_files
+from manytask.encoders.loading import check_segments, load_tokenizer, save_encoder_files
 from manytask.evaluation.scoring import evaluate_data, predict, summarize
 from manytask.io import atomic_write_json, atomic_write_text
 from manytask.kinds import kind_of
@@ -147,6 +147,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
     # a resumed run loads its own checkpoint: no need to read init_from's weights again
     model = initial_model(cfg if not resuming else cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"init_from": None})}), [d.spec for d in data])
+    check_segments(tokenizer, model.encoder, [d.spec for d in data])
     feats = featurize(data, tokenizer, cfg.model.max_seq_length, cfg.distill, objectives)
     for f in feats:
         f.train.aux = aux_rows.get(f.spec.name, {})

@@ -23,7 +23,7 @@ LAYERS = [
     ["manytask.training", "manytask.evaluation"],
     ["manytask.runs"],
     ["manytask.distill", "manytask.flex", "manytask.metal", "manytask.report"],
-    ["manytask.serving"],
+    ["manytask.serving", "manytask.export"],
     ["manytask.api"],
     ["manytask.cli", "manytask"],
 ]

@@ -39,8 +39,10 @@ def check_task_name(name: str) -> None:
                           "letter or digit")
 
 
-def trunk_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if k.startswith("encoder.")}
+def trunk_tensors(state: dict[str, torch.Tensor], pooling: str = "pooler") -> dict[str, torch.Tensor]:
+    """The trunk's tensors (the encoder's); its pooler only where the tasks pool with it."""
+    return {k: v for k, v in state.items() if k.startswith("encoder.")
+            and (pooling == "pooler" or not k.startswith("encoder.pooler."))}
 
 
 # ---- task packages ------------------------------------------------------------------------------------
@@ -66,7 +68,7 @@ class TaskPackage:
                 if k.startswith(prefix):
                     tensors[new + k[len(prefix):]] = v.detach().cpu().clone().contiguous()
         return cls(model.specs[task], model.split_depth[task], model.branch_size(task), model.pooling,
-                   tensors_hash(trunk_tensors(state)), tensors, info or {}, model.head_type(task))
+                   tensors_hash(trunk_tensors(state, model.pooling)), tensors, info or {}, model.head_type(task))
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ class Bundle:
         root = Path(root)
         if (root / "manifest.json").exists():
             raise BundleError(f"{root} already holds a bundle")
-        trunk = {k: v.detach().cpu() for k, v in trunk_tensors(model.state_dict()).items()}
+        trunk = {k: v.detach().cpu() for k, v in trunk_tensors(model.state_dict(), model.pooling).items()}
         (root / "trunk").mkdir(parents=True, exist_ok=True)
         model.config.save_pretrained(str(root / "trunk"))
         tokenizer.save_pretrained(str(root / "trunk"))

@@ -129,6 +129,27 @@ def serve(
 
 
 @command()
+def export(
+    source: Path = typer.Argument(..., help="a run, or a bundle"),
+    to: Path = typer.Option(..., "--to", help="directory to write"),
+    format: str = typer.Option("hf", "--format", help="hf (a transformers model directory) or onnx"),
+    task: Optional[str] = typer.Option(None, "--task", help="the task (hf: required; onnx: default every task of "
+                                       "a bundle, the shared trunk once)"),
+) -> None:
+    """Export a task to a Hugging Face model directory, or a task or a whole bundle to ONNX (checked with ONNX
+    Runtime against PyTorch)."""
+    setup()
+    meta = api.export_model(source, to, format, task)
+    if format == "onnx":
+        check = meta["check"]
+        typer.echo(f"{to / 'model.onnx'}: tasks {', '.join(meta['tasks'])}; ONNX Runtime against PyTorch: largest "
+                   f"difference {check['max_abs_difference']:.1e} (tolerance {check['tolerance']:.0e})")
+    else:
+        typer.echo(f"{to}: {meta['form']} ({meta['layers']} layers); load it with transformers"
+                   + ("" if meta["form"] != "encoder+head" else f" and the head (see {to / 'README.md'})"))
+
+
+@command()
 def ask(
     source: Path = typer.Argument(..., help="a bundle, or a run (served as one model: bundled into RUN/bundle)"),
     texts: list[str] = typer.Argument(..., help="one or more texts"),

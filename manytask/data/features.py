@@ -13,10 +13,20 @@ from manytask.records import IGNORE, Example, Features
 from manytask.tasks import TaskSpec
 
 
+def segment_ids(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Does the tokenizer give segment (token type) ids? Only where it declares them: RoBERTa's and ModernBERT's
+    do not, and their encoders know one segment type (a second one would index past their table)."""
+    return "token_type_ids" in tokenizer.model_input_names
+
+
+def _types(enc) -> list[list[int]]:
+    return enc["token_type_ids"] if "token_type_ids" in enc else [[0] * len(ids) for ids in enc["input_ids"]]
+
+
 def encode_words(words: Sequence[Sequence[str]], tokenizer: PreTrainedTokenizerBase, max_length: int):
     """Tokenise pre-split words; returns the encoding and, per example, each word's first-piece position."""
     enc = tokenizer([list(w) for w in words], is_split_into_words=True, truncation=True, max_length=max_length,
-                    return_token_type_ids=True)
+                    return_token_type_ids=segment_ids(tokenizer))
     firsts = []
     for i, row in enumerate(words):
         first = [-1] * len(row)
@@ -40,7 +50,7 @@ def _encode_words(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBas
                     row[pos] = e.label[w]  # type: ignore[index]
             labels.append(row)
     word_labels = [list(e.label) for e in examples] if labels is not None else None  # type: ignore[arg-type]
-    return Features([e.id for e in examples], enc["input_ids"], enc["token_type_ids"], labels, firsts, word_labels)
+    return Features([e.id for e in examples], enc["input_ids"], _types(enc), labels, firsts, word_labels)
 
 
 def encode(examples: Sequence[Example], spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> Features:
@@ -50,11 +60,11 @@ def encode(examples: Sequence[Example], spec: TaskSpec, tokenizer: PreTrainedTok
     texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if spec.pair else None
     enc = tokenizer(texts_a, texts_b, truncation="longest_first" if texts_b else True, max_length=max_length,
-                    return_token_type_ids=True)
+                    return_token_type_ids=segment_ids(tokenizer))
     labels = None
     if examples and all(e.label is not None for e in examples):
         labels = [kind.target(spec, e.label) for e in examples]
-    return Features([e.id for e in examples], enc["input_ids"], enc["token_type_ids"], labels)
+    return Features([e.id for e in examples], enc["input_ids"], _types(enc), labels)
 
 
 def targets_of(spec: TaskSpec, examples: Sequence[Example]) -> Features:

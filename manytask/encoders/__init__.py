@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 _ADAPTERS: dict[str, type["EncoderAdapter"]] = {}
 _loaded = False
+# families refused with a reason (not just "unsupported")
+REFUSED = {"albert": "ALBERT shares one layer's weights across every depth, and manytask's branches are copies of "
+                     "layers of their own: use BERT, RoBERTa, ELECTRA, DeBERTa or ModernBERT"}
 
 
 def register_encoder(cls):
@@ -42,6 +45,8 @@ def adapter_class(config) -> type["EncoderAdapter"]:
 
     _load()
     model_type = getattr(config, "model_type", None)
+    if model_type in REFUSED:
+        raise EncoderError(f"encoder architecture {model_type!r} is not supported: {REFUSED[model_type]}")
     if model_type not in _ADAPTERS:
         raise EncoderError(f"encoder architecture {model_type!r} is not supported (supported: "
                            f"{', '.join(supported())}); pass an encoder of one of these families")

@@ -32,6 +32,8 @@ class EncoderAdapter:
     def __init__(self, model: PreTrainedModel):
         self.model = model
         self.config = model.config
+        for i, layer in enumerate(self.layers):  # a branch's copies keep the index of the layer they copy
+            layer.manytask_index = i
 
     # ---- building and loading ---------------------------------------------------------------------------
     @classmethod
@@ -49,10 +51,20 @@ class EncoderAdapter:
         """Give a config a (tiny, random) size in the family's own attribute names."""
         raise NotImplementedError
 
+    layers_path: ClassVar[str] = "encoder.layer"  # where the layers are in the family's state dict
+    token_classifier_exact: ClassVar[bool] = True  # its *ForTokenClassification is dropout + linear per token
+    sequence_classifier_exact: ClassVar[tuple[str, ...]] = ()  # model types whose *ForSequenceClassification is
+    # dropout + linear over the pretrained pooler
+
     @classmethod
     def config_layers(cls, config) -> int:
         """How many layers a config describes (before any model is built)."""
         return config.num_hidden_layers
+
+    @classmethod
+    def set_depth(cls, config, layers: int) -> None:
+        """Make a config describe ``layers`` layers (an exported task: its trunk below the split, then its branch)."""
+        config.num_hidden_layers = layers
 
     # ---- the parts --------------------------------------------------------------------------------------------
     @property
@@ -68,15 +80,16 @@ class EncoderAdapter:
         return self.config.hidden_size
 
     @property
-    def segment_ids(self) -> bool:
-        """Does the input carry segment (token type) ids the embeddings read?"""
-        return getattr(self.config, "type_vocab_size", 0) > 1
+    def segment_types(self) -> int:
+        """How many segment (token type) ids the embeddings know: 0 where they read none."""
+        return int(getattr(self.config, "type_vocab_size", 0) or 0)
 
     @property
     def pooler(self) -> Optional[nn.Module]:
         return None
 
-    def embed(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor]) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor],
+              attention_mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def context(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> Any:
@@ -96,6 +109,11 @@ class EncoderAdapter:
 
     def new_layer(self, index: int) -> nn.Module:
         """A freshly built layer of the same class as layer ``index`` (its weights are loaded next)."""
+        layer = self._new_layer(index)
+        layer.manytask_index = index
+        return layer
+
+    def _new_layer(self, index: int) -> nn.Module:
         raise NotImplementedError
 
     def depth(self, name: str) -> Optional[int]:

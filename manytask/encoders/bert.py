@@ -15,6 +15,7 @@ class BertAdapter(EncoderAdapter):
     model_types = ("bert", "roberta", "xlm-roberta")
     family = "BERT (BERT, MiniLM, RoBERTa, XLM-RoBERTa)"
     has_pooler = True
+    sequence_classifier_exact = ("bert",)  # RoBERTa's classifier is a head of its own (dense + tanh + out)
 
     @classmethod
     def model_kwargs(cls, pooler: bool) -> dict:
@@ -37,7 +38,7 @@ class BertAdapter(EncoderAdapter):
     def pooler(self):
         return getattr(self.model, "pooler", None)
 
-    def embed(self, input_ids, token_type_ids):
+    def embed(self, input_ids, token_type_ids, attention_mask):
         return self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
     def context(self, hidden, attention_mask):
@@ -49,7 +50,7 @@ class BertAdapter(EncoderAdapter):
     def run_layer(self, layer, hidden, context):
         return layer(hidden, context)
 
-    def new_layer(self, index):
+    def _new_layer(self, index):
         return type(self.layers[index])(self.config, layer_idx=index)
 
     def depth(self, name):

@@ -104,3 +104,16 @@ def save_encoder_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     os.makedirs(directory, exist_ok=True)
     model.config.save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
+
+
+def check_segments(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, specs) -> None:
+    """A tokenizer that gives the second text of a pair segment id 1, beside an encoder that knows one segment
+    type, would fail mid-training with an IndexError: refuse the pair at load instead."""
+    from manytask.data.features import segment_ids
+
+    pairs = [s.name for s in specs if s.pair]
+    types = adapter_class(model.config)(model).segment_types
+    if pairs and segment_ids(tokenizer) and 0 < types < 2:
+        raise EncoderError(f"task(s) {', '.join(pairs)} read text pairs: the tokenizer gives the second text "
+                           f"segment id 1, but the encoder ({model.config.model_type}) knows {types} segment type "
+                           "(type_vocab_size); use the encoder's own tokenizer, or one without token_type_ids")

@@ -181,7 +181,7 @@ class MultiTaskModel(nn.Module):
         if unknown:
             raise KeyError(f"unknown task(s) {unknown} (model has: {', '.join(self.task_names)})")
         adapter = self.adapter
-        hidden = adapter.embed(input_ids, token_type_ids)
+        hidden = adapter.embed(input_ids, token_type_ids, attention_mask)
         context = adapter.context(hidden, attention_mask)
         needed = {self.split_depth[n] for n in names}
         states = {0: hidden} if 0 in needed else {}
