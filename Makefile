@@ -9,7 +9,7 @@ $(BIN)/manytask: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0   # first: the CPU build from local disk, never a CUDA one
-	$(BIN)/pip install -q -e '.[dev,weak,cluster,onnx]'
+	$(BIN)/pip install -q -e '.[dev,weak,cluster,onnx,data]'
 	touch $@
 
 venv: $(BIN)/manytask

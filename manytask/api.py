@@ -35,13 +35,52 @@ def _override_list(overrides: Overrides) -> list[str]:
     return list(overrides)
 
 
-def load_config(source: ConfigLike, overrides: Overrides = None) -> RunConfig:
-    """A run config from a YAML file, a dict or a RunConfig, with overrides applied; errors name the key."""
+def _save_tables(data: dict, directory: Path) -> dict:
+    """A dict config whose tasks give rows in memory (a pandas DataFrame, a list of dicts) where a file goes,
+    with each such table saved under ``directory`` and named there (format ``rows``: ids are row indexes)."""
+    from manytask.data.sources import is_table, save_table
+
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list):
+        return data
+    out = []
+    for i, entry in enumerate(tasks):
+        if isinstance(entry, dict):
+            entry = dict(entry)
+            name = str(entry.get("name", i))
+            for role in ("train", "dev", "test"):
+                if is_table(entry.get(role)):
+                    path = save_table(entry[role], directory, f"{name}-{role}", f"tasks[{i}].{role}")
+                    entry[role] = {"path": str(path), "format": "rows"}
+            if isinstance(entry.get("splits"), dict):
+                entry["splits"] = {k: _saved_split(v, directory, f"{name}-{k}", f"tasks[{i}].splits.{k}")
+                                   for k, v in entry["splits"].items()}
+        out.append(entry)
+    return {**data, "tasks": out}
+
+
+def _saved_split(split, directory: Path, stem: str, what: str):
+    from manytask.data.sources import is_table, save_table
+
+    if isinstance(split, dict) and is_table(split.get("path")):
+        return {**split, "path": str(save_table(split["path"], directory, stem, what)), "format": "rows"}
+    return split
+
+
+def load_config(source: ConfigLike, overrides: Overrides = None, tables: Optional[Union[str, Path]] = None) -> RunConfig:
+    """A run config from a YAML file, a dict or a RunConfig, with overrides applied; errors name the key.
+
+    A dict config's task may give a pandas DataFrame or a list of dicts wherever it names a file (``train``,
+    ``dev``, ``test``, a split's ``path``): the rows are saved under ``tables`` (default
+    $MANYTASK_CACHE/inputs; ``train`` uses OUT/inputs) so the run can be resumed and re-read."""
     load = config_module.load_config
     if isinstance(source, RunConfig):
         return load(data=source.model_dump(mode="json", exclude_none=True), overrides=_override_list(overrides))
     if isinstance(source, dict):
-        return load(data=json.loads(json.dumps(source)), overrides=_override_list(overrides))
+        from manytask.io import user_cache
+
+        data = _save_tables(source, Path(tables) if tables else user_cache() / "inputs")
+        return load(data=json.loads(json.dumps(data)), overrides=_override_list(overrides))
     return load(Path(source), _override_list(overrides))
 
 
@@ -112,12 +151,18 @@ class Run(runs.Run):
                                device or str(self.device), precision)
         return cache[key]
 
-    def predict_file(self, task: str, input: Union[str, Path], output: Union[str, Path],
+    def predict_file(self, task: str, input: Any, output: Union[str, Path],
                      text_fields: Optional[list] = None, id_field: Optional[str] = None) -> int:
-        """One prediction per record of ``input`` into ``output`` (.jsonl, or TSV/CoNLL); returns the count."""
+        """One prediction per record of ``input`` (a file, a DataFrame or a list of dicts; a table's rows are
+        keyed by their index) into ``output`` (.jsonl, or TSV/CoNLL); returns the count."""
+        from manytask.data.sources import is_table, save_table
         from manytask.evaluation.submit import predict_file
+        from manytask.io import user_cache
 
-        return predict_file(self, task, Path(input), Path(output), text_fields, id_field)
+        fmt = None
+        if is_table(input):
+            input, fmt = save_table(input, user_cache() / "inputs", f"{task}-input", "input"), "rows"
+        return predict_file(self, task, Path(input), Path(output), text_fields, id_field, fmt)
 
     def submit(self, out: Union[str, Path]) -> tuple[list[str], list[str]]:
         """GLUE leaderboard files and ``<task>.tsv`` for user tasks' test files: (written, notes)."""
@@ -154,7 +199,7 @@ class Bundle(bundles.Bundle):
 def train(config_: ConfigLike, out: Union[str, Path], overrides: Overrides = None, resume: bool = False,
           stop_at: Optional[int] = None) -> Run:
     """Train a run into ``out`` (or resume it) and return it; ``run.scores()`` gives its dev scores."""
-    cfg = load_config(config_, overrides)
+    cfg = load_config(config_, overrides, tables=Path(out) / "inputs")
     runs.train_run(cfg, Path(out), resume=resume, stop_at=stop_at)
     return Run.open(Path(out)) if (Path(out) / "checkpoints").exists() else Run(Path(out), cfg)
 

@@ -236,11 +236,13 @@ def absolutize_user_files(cfg: RunConfig, base: Path) -> None:
         cfg.silver_cache = str((base / cfg.silver_cache).resolve())
     for t in cfg.tasks:
         for role in ("train", "dev", "test"):
-            path = getattr(t, role)
-            if path is not None and not Path(path).is_absolute():
-                setattr(t, role, str((base / path).resolve()))
+            given = getattr(t, role)
+            if isinstance(given, str) and not Path(given).is_absolute():
+                setattr(t, role, str((base / given).resolve()))
+            elif given is not None and not isinstance(given, str) and given.path and not Path(given.path).is_absolute():
+                given.path = str((base / given.path).resolve())
         for s in (t.splits or {}).values():
-            if not Path(s.path).is_absolute():
+            if s.path is not None and not Path(s.path).is_absolute():
                 s.path = str((base / s.path).resolve())
 
 

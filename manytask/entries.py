@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import PrivateAttr, ValidationError, field_validator, model_validator
 
 from manytask.errors import ConfigError
 from manytask.kinds import get_kind, kind_names
-from manytask.tasks import Field, SplitSpec, StrictModel, TaskSpec, glue_task
+from manytask.tasks import Field, Format, SplitSpec, StrictModel, TaskSpec, glue_task
 
 SMALL_SLICE = 30  # members: a slice score over fewer moves by several points per example, and is flagged
 
@@ -26,6 +26,19 @@ def first_error(e: ValidationError) -> str:
             msg = "unknown key"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+class SplitSource(StrictModel):
+    """A ``train``/``dev``/``test`` that is more than a file path: a split of a saved ``datasets`` directory
+    (``{path: DIR, split: validation}``), a file whose name does not show its format (``{path, format}``), or a
+    hub dataset (``{source: hf, dataset: glue, config: sst2, split: validation}``)."""
+
+    path: Optional[str] = None
+    format: Optional[Format] = None
+    source: Literal["file", "hf"] = "file"
+    dataset: Optional[str] = None
+    config: Optional[str] = None
+    split: Optional[str] = None
 
 
 class Resplit(StrictModel):
@@ -155,11 +168,11 @@ class TaskEntry(StrictModel):
     # user-task fields (a subset of TaskSpec, plus file shorthands)
     kind: Optional[str] = None  # a registered task kind (classification, regression, tagging, ...)
     display: Optional[str] = None
-    train: Optional[str] = None
-    dev: Optional[str] = None
-    test: Optional[str] = None
+    train: Optional[Union[str, SplitSource]] = None  # a path, or where else the split's rows are
+    dev: Optional[Union[str, SplitSource]] = None
+    test: Optional[Union[str, SplitSource]] = None
     splits: Optional[dict[str, SplitSpec]] = None
-    format: Optional[Literal["tsv", "csv", "jsonl", "conll"]] = None
+    format: Optional[Format] = None
     columns: Optional[list[str]] = None  # CoNLL files: the columns' names (else fields are 0-based positions)
     header: bool = True
     quoting: Optional[bool] = None  # default by format: CSV honours quotes, TSV does not (as GLUE needs)
@@ -245,13 +258,18 @@ class TaskEntry(StrictModel):
                 raise ConfigError(first_error(e)) from None
         splits = dict(self.splits or {})
         for role in ("train", "dev", "test"):
-            path = getattr(self, role)
-            if path is not None:
-                splits[role] = SplitSpec(path=str(path), role=role, header=self.header, unlabeled=role == "test")
+            given = getattr(self, role)
+            if given is None:
+                continue
+            where = given.model_dump(exclude_none=True) if isinstance(given, SplitSource) else {"path": str(given)}
+            try:
+                splits[role] = SplitSpec(**where, role=role, header=self.header, unlabeled=role == "test")
+            except ValidationError as e:
+                raise ConfigError(f"task {self.name!r}, {role}: {first_error(e)}") from None
         if not splits:
             raise ConfigError(f"task {self.name!r}: give its files ('train', 'dev', 'test' or 'splits')")
         for s in splits.values():
-            if not Path(s.path).is_absolute():
+            if s.path is not None and not Path(s.path).is_absolute():
                 s.path = str((base_dir / s.path).resolve())
         kind = get_kind(self.kind)
         text_fields = self.text_fields or kind.default_fields[0]

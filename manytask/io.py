@@ -16,6 +16,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def user_cache() -> Path:
+    """Where manytask keeps what it can rebuild (silver labels, scores of read-only bundles, rows given in
+    memory): $MANYTASK_CACHE, else ~/.cache/manytask."""
+    return Path(os.environ.get("MANYTASK_CACHE") or Path.home() / ".cache" / "manytask")
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Write through a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)

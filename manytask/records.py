@@ -29,6 +29,7 @@ class Example:
     path: str = ""  # where it was read: errors found later (an unknown tag) can still name file and line
     line: int = 0
     word_lines: Optional[list[int]] = None  # the line of each word (CoNLL: one line a word)
+    unit: str = "line"  # what ``line`` counts: a text file's lines, or a table's rows (from 0)
 
 
 @dataclass

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from manytask.kinds import get_kind, kind_names
 
 Field = Union[str, int]  # a column name, or a 0-based column index for header-less files
+# how a split's file is read (``data/sources``): text files, Parquet, a saved ``datasets`` directory, rows
+# given in memory and saved by the Python API
+Format = Literal["tsv", "csv", "jsonl", "conll", "parquet", "hf_disk", "rows"]
 
 
 class StrictModel(BaseModel):
@@ -24,10 +27,16 @@ class StrictModel(BaseModel):
 
 
 class SplitSpec(StrictModel):
-    """One file of a task. Fields left unset fall back to the task's."""
+    """One split of a task: a file or saved dataset (``path``), or a hub dataset (``source: hf``). Fields left
+    unset fall back to the task's."""
 
-    path: str
+    path: Optional[str] = None
     role: Literal["train", "dev", "test"]
+    format: Optional[Format] = None  # default: the task's, else by the file's name
+    source: Literal["file", "hf"] = "file"  # hf: datasets.load_dataset(dataset, config, split=split)
+    dataset: Optional[str] = None  # source hf: the hub name, e.g. "glue" or "nyu-mll/glue"
+    config: Optional[str] = None  # source hf: the dataset's configuration (subset), e.g. "sst2"
+    split: Optional[str] = None  # hf and hf_disk: the split's name (default: the role's; dev -> validation)
     header: bool = True
     text_fields: Optional[list[Field]] = None
     label_field: Optional[Field] = None
@@ -35,6 +44,24 @@ class SplitSpec(StrictModel):
     unlabeled: bool = False  # test files: no label column
     submission: Optional[str] = None  # GLUE leaderboard file name, e.g. "MNLI-m.tsv"
     display: Optional[str] = None  # column name in tables, e.g. "MNLI-m"
+
+    @model_validator(mode="after")
+    def _located(self) -> "SplitSpec":
+        if self.source == "hf":
+            if not self.dataset:
+                raise ValueError("a 'source: hf' split names its 'dataset' (and 'config', 'split')")
+            if self.path is not None:
+                raise ValueError("a 'source: hf' split is named by 'dataset', not 'path'")
+        elif not self.path:
+            raise ValueError("give the split's 'path' (or 'source: hf' with 'dataset')")
+        elif self.dataset or self.config:
+            raise ValueError("'dataset' and 'config' name a hub dataset: set 'source: hf'")
+        return self
+
+    @property
+    def local(self) -> bool:
+        """Read from this machine (a file or a saved directory), not fetched from the hub."""
+        return self.source == "file"
 
 
 class TaskSpec(StrictModel):
@@ -51,7 +78,7 @@ class TaskSpec(StrictModel):
     metrics: list[str] = []  # default: the kind's (tagging: by tag set, once it is known)
     primary_metric: Optional[str] = None
     splits: dict[str, SplitSpec]
-    format: Optional[Literal["tsv", "csv", "jsonl", "conll"]] = None
+    format: Optional[Format] = None
     columns: Optional[list[str]] = None  # CoNLL: names of the columns, so fields can be named
     quoting: Optional[bool] = None  # None: by format (CSV honours quotes, TSV does not)
     multiline: bool = False  # with quoting: may a quoted field run over several lines?

@@ -77,6 +77,14 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """Caches (rows given in memory, silver labels, scores of read-only bundles) go to a session folder, not
+    the user's ~/.cache."""
+    if "MANYTASK_CACHE" not in os.environ:
+        os.environ["MANYTASK_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
 FLEX_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flex_debug.yaml"
 
 

@@ -75,7 +75,7 @@ def test_tasks_health_and_metrics(client):
     assert [t["name"] for t in tasks] == ["mrpc", "sst2", "stsb"]
     assert {t["name"]: t["kind"] for t in tasks}["stsb"] == "regression"
     assert all(1 <= t["layers_run"] <= 4 for t in tasks)
-    assert client.get("/healthz").json() == {"status": "ok", "tasks": 3}
+    assert client.get("/healthz").json() == {"status": "ready", "tasks": 3, "precision": "fp32"}
     client.post("/v1/predict", json={"inputs": [{"text": "good"}], "tasks": ["sst2"]})
     client.post("/v1/predict", json={"inputs": [{"text": "good"}], "tasks": ["nope"]})
     text = client.get("/metrics").text

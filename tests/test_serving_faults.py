@@ -166,12 +166,12 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408(bundle, flex_run):
 class LiveServer:
     """uvicorn in a thread on a free loopback port, with the serve command's protocol and limits."""
 
-    def __init__(self, app, header_timeout: float = 10.0, limit_concurrency: int = 64):
+    def __init__(self, app, header_timeout: float = 10.0, max_idle: int = 512):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                http=protocol_with(header_timeout), limit_concurrency=limit_concurrency,
+                                http=protocol_with(header_timeout, max_idle), limit_concurrency=None,
                                 timeout_keep_alive=1)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -45,7 +45,7 @@ def test_dev_scores_per_precision_are_cached_and_served(mini_glue, bundle, monke
     assert set(scores) == {"fp32", "int8"} and set(scores["fp32"]) == {"sst2", "stsb", "mrpc"}
     assert scores["fp32"]["sst2"]["n"] == 24 and scores["fp32"]["stsb"]["metric"] == "spearman"
     cached = sorted(p.name for p in (bundle.root / "scores").iterdir())
-    assert len(cached) == 6 and all(p.endswith((".fp32.json", ".int8.json")) for p in cached)
+    assert len(cached) == 6 and all(p.endswith((".fp32.cpu.json", ".int8.cpu.json")) for p in cached)
     import manytask.evaluation.scoring as predict_mod
 
     monkeypatch.setattr(predict_mod, "evaluate_features", lambda *a, **k: pytest.fail("should come from the cache"))

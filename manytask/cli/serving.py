@@ -95,7 +95,14 @@ def serve(
                                                     "are refused)"),
     source_root: list[Path] = typer.Option([], "--source-root", help="directory that admin PUT sources must lie "
                                            "under (repeat; default: the bundle's parent directory)"),
-    limit_concurrency: int = typer.Option(256, help="connections and requests at once; beyond, 503"),
+    limit_concurrency: int = typer.Option(256, help="requests in flight at once; beyond, 503 (idle connections "
+                                          "are limited apart, by --max-idle-connections)"),
+    max_idle_connections: int = typer.Option(512, help="open connections with no request in flight; one more "
+                                             "closes the oldest (half-open sockets cannot starve requests)"),
+    docs: bool = typer.Option(True, "--docs/--no-docs", help="Swagger UI at /docs and the schema at /openapi.json"),
+    cors_origin: list[str] = typer.Option([], "--cors-origin", help="a browser origin allowed to call the read and "
+                                          "predict routes, e.g. https://app.example.com (repeat; none by default; "
+                                          "admin routes never)"),
     timeout_keep_alive: int = typer.Option(5, help="seconds an idle keep-alive connection is kept"),
     header_timeout: float = typer.Option(10.0, help="seconds a connection has to send a complete request head"),
     body_timeout: float = typer.Option(30.0, help="seconds a request has to send its whole body"),
@@ -108,7 +115,8 @@ def serve(
     watch_interval: float = typer.Option(2.0, help="seconds between looks at the bundle for changes made by "
                                          "`manytask bundle` or another replica (0: never)"),
 ) -> None:
-    """Serve a bundle over HTTP: /v1/predict, /v1/tasks, /healthz, /metrics, admin PUT/DELETE /v1/tasks/{name}."""
+    """Serve a bundle over HTTP: the playground at /, /v1/predict, /v1/tasks, /v1/stats, /livez, /readyz, /metrics,
+    /docs, admin PUT/DELETE /v1/tasks/{name}."""
     setup()
     import torch
 
@@ -120,12 +128,12 @@ def serve(
     if bad:
         fail(f"--run {bad[0]!r}: expected TASK=RUN_DIR")
     limits = {"max_inputs": max_inputs, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-              "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes}
+              "max_text_chars": max_text_chars, "max_body_bytes": max_body_bytes, "max_in_flight": limit_concurrency}
     api.serve(bundle, dict(r.split("=", 1) for r in run), limits=limits, host=host, port=port,
               token=read_token(admin_token_file), source_roots=tuple(source_root), device=device, precision=precision,
               tolerance=tolerance, force=force, workers=workers, watch_interval=watch_interval,
-              body_timeout=body_timeout, header_timeout=header_timeout, limit_concurrency=limit_concurrency,
-              timeout_keep_alive=timeout_keep_alive, echo=_echo_err)
+              body_timeout=body_timeout, header_timeout=header_timeout, max_idle_connections=max_idle_connections,
+              timeout_keep_alive=timeout_keep_alive, docs=docs, cors_origins=tuple(cors_origin), echo=_echo_err)
 
 
 @command()

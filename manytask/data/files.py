@@ -1,4 +1,4 @@
-"""File formats a task reads: TSV, CSV and JSONL records, CoNLL sentences; and ``DataError``, which names the
+"""Text file formats a task reads: TSV, CSV and JSONL records, CoNLL sentences (``sources`` picks the reader); and ``DataError``, which names the
 file, the line and the field, so a user can open the file at the place that is wrong.
 """
 
@@ -18,28 +18,18 @@ csv.field_size_limit(1 << 24)
 class DataError(ManytaskError, ValueError):
     """Bad input data; the message names file, line and field."""
 
-    def __init__(self, path: Union[str, Path], message: str, line: Optional[int] = None, field: Optional[Field] = None):
+    def __init__(self, path: Union[str, Path], message: str, line: Optional[int] = None, field: Optional[Field] = None,
+                 unit: str = "line"):
         where = str(path)
         if line is not None:
-            where += f", line {line}"
+            where += f", {unit} {line}"
         if field is not None:
             where += f", field {field!r}"
         super().__init__(f"{where}: {message}")
-        self.path, self.line, self.field = str(path), line, field
+        self.path, self.line, self.field, self.unit = str(path), line, field, unit
 
 
-def infer_format(path: Path, declared: Optional[str]) -> str:
-    if declared:
-        return declared
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix in ("tsv", "csv", "jsonl", "conll"):
-        return suffix
-    if suffix == "json":
-        return "jsonl"
-    raise DataError(path, "cannot tell the format from the file name: set 'format: tsv|csv|jsonl|conll' for the task")
-
-
-Record = tuple[int, Union[dict, list]]  # (line number, fields by name or by position)
+Record = tuple[int, Union[dict, list]]  # (line or row, fields by name or by position)
 
 
 def default_quoting(fmt: str) -> bool:

@@ -13,9 +13,9 @@ from sklearn.model_selection import train_test_split
 
 from manytask.config import RunConfig, TaskEntry
 from manytask.data.readers import read_split
+from manytask.data.sources import open_source
 from manytask.data.words import assign_tags
 from manytask.errors import ManytaskError
-from manytask.io import file_sha256
 from manytask.kinds import kind_of
 from manytask.records import Example
 from manytask.tasks import TaskSpec
@@ -66,14 +66,15 @@ def cap(examples: list[Example], n: Optional[int], seed: int, name: str) -> list
 
 
 def _read(spec: TaskSpec, split: str, root: Path, hashes: dict[str, str]) -> list[Example]:
-    path = (root / spec.splits[split].path).resolve()
-    examples = read_split(spec, split, root)
-    hashes[str(path)] = file_sha256(path)[:16]
-    return examples
+    return read_split(spec, split, root, fingerprints=hashes)
 
 
 def _exists(spec: TaskSpec, split: str, root: Path) -> bool:
-    return (root / spec.splits[split].path).is_file()
+    return open_source(spec, split, root).exists()
+
+
+def _where(spec: TaskSpec, split: str, root: Path) -> str:
+    return open_source(spec, split, root).where
 
 
 def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, with_train: bool = True) -> TaskData:
@@ -92,7 +93,7 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
             raise MissingData(f"task {spec.name!r}: re-split source {src!r} is not a labelled split of the task "
                               f"(labelled: {', '.join(n for n, s in spec.splits.items() if not s.unlabeled)})")
         if not _exists(spec, src, root):
-            raise MissingData(f"task {spec.name!r}: re-split source missing: {(root / spec.splits[src].path)}")
+            raise MissingData(f"task {spec.name!r}: re-split source missing: {_where(spec, src, root)}")
         source = _read(spec, src, root, hashes)
         train, held = hold_out(spec, source, entry.resplit.dev_fraction, entry.resplit.seed)
         name = f"{src}_heldout"
@@ -113,7 +114,7 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
         if with_train:
             present = [s for s in train_splits if _exists(spec, s, root)]
             if not present:
-                missing = [str(root / spec.splits[s].path) for s in train_splits] or ["(no train split declared)"]
+                missing = [_where(spec, s, root) for s in train_splits] or ["(no train split declared)"]
                 raise MissingData(f"task {spec.name!r}: training file missing: {', '.join(missing)}")
             for s in present:
                 train.extend(_read(spec, s, root, hashes))
@@ -122,10 +123,10 @@ def load_task(entry: TaskEntry, spec: TaskSpec, glue_dir: Path, data_seed: int, 
                 evals[s] = _read(spec, s, root, hashes)
                 titles[s] = spec.splits[s].display or spec.title
             else:
-                notes.append(f"{spec.title}: evaluation file missing, skipped: {root / spec.splits[s].path}")
+                notes.append(f"{spec.title}: evaluation file missing, skipped: {_where(spec, s, root)}")
         if not evals:
             raise MissingData(f"task {spec.name!r}: no evaluation file present "
-                              f"({', '.join(str(root / spec.splits[s].path) for s in dev_splits) or 'none declared'})")
+                              f"({', '.join(_where(spec, s, root) for s in dev_splits) or 'none declared'})")
     if spec.labels is None and train:
         spec = _with_label_set(spec, train, evals, notes)
     before = len(train)
@@ -187,5 +188,5 @@ def load_test_splits(spec: TaskSpec, glue_dir: Path) -> tuple[dict[str, list[Exa
             out[name] = read_split(spec, name, root)
         else:
             written = split.submission or (f"{spec.name}.tsv" if name == "test" else f"{spec.name}-{name}.tsv")
-            notes.append(f"{spec.title}: test file missing, no {written} written: {root / split.path}")
+            notes.append(f"{spec.title}: test file missing, no {written} written: {_where(spec, name, root)}")
     return out, notes

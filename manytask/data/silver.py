@@ -13,14 +13,13 @@ import hashlib
 import inspect
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from manytask.config import AuxiliarySpec, ConfigError
 from manytask.hooks import load_hook
-from manytask.io import atomic_write_json, text_sha256
+from manytask.io import atomic_write_json, text_sha256, user_cache
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ def load_tagger(aux: AuxiliarySpec) -> Tagger:
 
 
 def cache_dir(configured: Optional[str]) -> Path:
-    return Path(configured or os.environ.get("MANYTASK_CACHE") or Path.home() / ".cache" / "manytask") / "silver"
+    return (Path(configured) if configured else user_cache()) / "silver"
 
 
 def silver_spans(task: str, aux: AuxiliarySpec, ids: Sequence[str], texts: Sequence[Sequence[str]],

@@ -1,4 +1,5 @@
-"""Read word-level files: JSONL (``{"tokens": [...], "tags": [...]}``) and CoNLL (one word a line, the tag in a
+"""Read word-level splits: records with a word list and a tag list (``{"tokens": [...], "tags": [...]}`` in
+JSONL, Parquet or a ``datasets`` table, whose tag ids become their names) and CoNLL files (one word a line, the tag in a
 named or numbered column, a blank line between sentences, ``-DOCSTART-`` lines skipped).
 
 Errors name file, line and field: a malformed line, a word/tag count mismatch, an empty sentence, a tag
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from manytask.data.files import DataError, iter_conll, iter_records
+from manytask.data.files import DataError, iter_conll
 from manytask.kinds import kind_of
 from manytask.kinds.base import LabelError
 from manytask.records import Example
@@ -32,34 +33,37 @@ def _column(path: Path, line: int, field: Field, columns: Optional[list[str]], w
     return index
 
 
-def _words_and_tags(path: Path, line: int, record: dict, text_field: Field, label_field: Optional[Field]):
+def _words_and_tags(source, at: int, record: dict, text_field: Field, label_field: Optional[Field]):
     words = record.get(text_field) if isinstance(record, dict) else None
     if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
-        raise DataError(path, "expected a list of non-empty word strings", line=line, field=text_field)
+        raise source.error("expected a list of non-empty word strings", at, text_field)
     if not words:
-        raise DataError(path, "empty sentence: no words", line=line, field=text_field)
+        raise source.error("empty sentence: no words", at, text_field)
     tags = None
     if label_field is not None:
         tags = record.get(label_field)
+        if isinstance(tags, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in tags):
+            tags = [str(t) for t in tags]  # tag ids without names: the task declares them as "0", "1", ...
         if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
-            raise DataError(path, "expected a list of tag strings", line=line, field=label_field)
+            raise source.error("expected a list of tag strings", at, label_field)
         if len(tags) != len(words):
-            raise DataError(path, f"{len(words)} words but {len(tags)} tags", line=line, field=label_field)
+            raise source.error(f"{len(words)} words but {len(tags)} tags", at, label_field)
     return words, tags
 
 
-def read_words(spec: TaskSpec, split_name: str, path: Path, fmt: str, text_field: Field,
-                label_field: Optional[Field], id_field: Optional[Field]) -> list[Example]:
+def read_words(spec: TaskSpec, split_name: str, source, text_field: Field,
+               label_field: Optional[Field], id_field: Optional[Field]) -> list[Example]:
     examples: list[Example] = []
     seen: dict[str, int] = {}
-    if fmt == "jsonl":
-        for line, record in iter_records(path, "jsonl", header=False, encoding=spec.encoding):
-            words, tags = _words_and_tags(path, line, record, text_field, label_field)
+    fmt, path = source.fmt, source.path
+    if fmt in ("jsonl", "parquet", "hf_disk", "hf", "rows"):
+        for line, record in source.records():
+            words, tags = _words_and_tags(source, line, record, text_field, label_field)
             key = str(record.get(id_field, "")).strip() if id_field is not None else str(line)
             if id_field is not None and not key:
-                raise DataError(path, "missing id", line=line, field=id_field)
-            examples.append(Example("", " ".join(words), None, None, key, words, tags, str(path), line,
-                                    [line] * len(words)))
+                raise source.error("missing id", line, id_field)
+            examples.append(Example("", " ".join(words), None, None, key, words, tags, source.where, line,
+                                    [line] * len(words), source.unit))
     elif fmt == "conll":
         if id_field is not None:
             raise DataError(path, "CoNLL sentences are named by their first line: 'id_field' does not apply")
@@ -75,14 +79,15 @@ def read_words(spec: TaskSpec, split_name: str, path: Path, fmt: str, text_field
             examples.append(Example("", " ".join(words), None, None, str(start), words, tags, str(path), start,
                                     list(range(start, start + len(rows)))))
     else:
-        raise DataError(path, f"a {spec.kind} task reads its words from JSONL or CoNLL files, not {fmt.upper()}")
+        raise source.error(f"a {spec.kind} task reads word lists (JSONL, Parquet, datasets) or CoNLL files, "
+                           f"not {fmt.upper()}")
     for e in examples:
         if e.key in seen:
-            raise DataError(path, f"id {e.key!r} already used on line {seen[e.key]}", line=e.line, field=id_field)
+            raise source.error(f"id {e.key!r} already used on {source.unit} {seen[e.key]}", e.line, id_field)
         seen[e.key] = e.line
         e.id = f"{spec.name}/{split_name}/{e.key}"
     if not examples:
-        raise DataError(path, "no sentences in file")
+        raise source.error("no sentences")
     if spec.labels is not None:
         assign_tags(spec, examples, label_field)
     return examples
@@ -100,4 +105,4 @@ def assign_tags(spec: TaskSpec, examples: Sequence[Example], label_field: Option
         except LabelError as err:
             at = getattr(err, "position", None)
             line = e.word_lines[at] if e.word_lines and at is not None else e.line
-            raise DataError(e.path, str(err), line=line, field=field) from None
+            raise DataError(e.path, str(err), line=line, field=field, unit=e.unit) from None

@@ -4,8 +4,6 @@ optional convolution after the first layer."""
 
 from __future__ import annotations
 
-import torch
-
 from manytask.encoders import register_encoder
 from manytask.encoders.base import EncoderAdapter
 

@@ -24,10 +24,10 @@ def input_spec(spec: TaskSpec, path: Path, text_fields: Optional[list[Field]], i
     test = next((s for s in spec.splits.values() if s.role == "test"), None)
     fields = text_fields or (test.text_fields if test and test.text_fields else None) or spec.text_fields
     default_words = kind_of(spec).default_fields[0]
-    if default_words and not text_fields and infer_format(path, fmt) == "jsonl":
-        own = {infer_format(Path(s.path), spec.format) for s in spec.splits.values()}
-        if own != {"jsonl"}:
-            fields = default_words  # a task trained on CoNLL files reads {"tokens": [...]} lines
+    if default_words and not text_fields and infer_format(path, fmt) in ("jsonl", "rows", "parquet", "hf_disk"):
+        own = {s.format or (infer_format(Path(s.path), spec.format) if s.path else "hf") for s in spec.splits.values()}
+        if "conll" in own:
+            fields = default_words  # a task trained on CoNLL files reads {"tokens": [...]} records
     header = not all(isinstance(f, int) for f in fields)
     split = SplitSpec(path=str(path.resolve()), role="test", unlabeled=True, header=header, text_fields=fields,
                       id_field=id_field)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-from manytask.export import ExportError, source_model
+from manytask.export.source import ExportError, source_model
 from manytask.io import atomic_write_text
 from manytask.kinds import kind_of
 

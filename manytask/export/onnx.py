@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from manytask.errors import ManytaskError
-from manytask.export import ExportError, source_model
+from manytask.export.source import ExportError, source_model
 from manytask.inference import tokenize
 from manytask.kinds import kind_of
 

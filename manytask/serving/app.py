@@ -1,29 +1,37 @@
 """The HTTP server (FastAPI): predict with any set of a bundle's tasks, list them, change one at a time.
 
+    GET    /                  the playground: a page to ask the tasks by hand (plain HTML and JavaScript)
     POST   /v1/predict        {"inputs": [{"text": ..., "text_pair": ...}], "tasks": [...]}
-    GET    /v1/tasks          tasks, kinds, labels, layers
+    GET    /v1/tasks          tasks, kinds, labels, layers, dev scores per precision
+    GET    /v1/stats          precision, readiness, request counts (what the playground shows)
     PUT    /v1/tasks/{name}   {"source": "<task package or run dir>", "task": "<task in that run>"}  (admin)
     DELETE /v1/tasks/{name}   (admin)
-    GET    /healthz, /metrics (Prometheus)
+    GET    /livez             the process answers; /readyz: the model is loaded and serving (503 before and
+                              while shutting down; /healthz is its alias); /metrics (Prometheus); /docs (Swagger UI)
 
 Every error is ``{"error": "<what is wrong>"}`` with a 4xx naming the fault (500 only for a failure of
 the server itself, logged). Admin calls need ``Authorization: Bearer <token>`` (16 characters or more,
 never logged); without a token they are refused. A PUT's ``source`` must lie under one of the server's
-source roots, and the package is loaded and run on a probe input before anything is written.
+source roots, and the package is loaded and run on a probe input before anything is written. Browsers on
+other origins may call the read and predict routes when their origin is listed (``cors_origins``); admin
+routes are never opened to them (a preflight for PUT or DELETE is refused).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Sequence
 
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -45,6 +53,7 @@ class Limits(BaseModel):
     max_body_bytes: int = 1_000_000
     max_batch: int = 32  # inputs per forward pass
     max_wait_ms: float = 5.0
+    max_in_flight: int = 256  # requests being answered at once (idle connections are limited apart); beyond, 503
 
 
 def _utf8(value: str) -> str:
@@ -112,7 +121,7 @@ def _errors(*codes: int) -> dict:
            405: "method not allowed", 408: "request body not received in time",
            409: "this server serves separate models, not a bundle", 413: "body or inputs over the limits",
            422: "invalid request",
-           500: "server failure (logged)"}
+           500: "server failure (logged)", 503: "not ready, or too many requests in flight"}
     return {c: {"model": ErrorBody, "description": why[c]} for c in codes}
 
 
@@ -166,12 +175,37 @@ async def _watch(predictor: MergedPredictor, interval: float, lock: asyncio.Lock
             log.info("bundle changed on disk: %s", ", ".join(changed))
 
 
+PROBES = ("/livez", "/readyz", "/healthz", "/metrics")  # answered however busy the server is
+
+
+class BrowserCORS(CORSMiddleware):
+    """CORS for the listed origins on the read and predict routes. An admin route (a task's URL) never carries
+    a CORS header, and a preflight for it gets a 403: admin calls come from scripts, not pages."""
+
+    def __init__(self, app, is_admin_path, **options):
+        super().__init__(app, **options)
+        self.is_admin_path = is_admin_path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.is_admin_path(scope["path"]):
+            if scope["method"] == "OPTIONS" and any(k == b"access-control-request-method" for k, _ in scope["headers"]):
+                return await _error(403, "admin routes are not open to browsers")(scope, receive, send)
+            return await self.app(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
+def playground_page() -> str:
+    return resources.files("manytask.serving").joinpath("playground.html").read_text(encoding="utf-8")
+
+
 def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_token: Optional[str] = None,
                source_roots: Optional[list[Path]] = None, body_timeout: float = 30.0,
-               dev_scores: Optional[dict[str, dict]] = None, watch_interval: float = 0.0) -> FastAPI:
+               dev_scores: Optional[dict[str, dict]] = None, watch_interval: float = 0.0, docs: bool = True,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
     """``dev_scores``: precision -> task -> {"score", "metric", "n"}, shown in ``GET /v1/tasks``.
     ``watch_interval``: seconds between looks at the bundle's manifest, to follow changes made by
-    ``manytask bundle`` or another replica (0: never)."""
+    ``manytask bundle`` or another replica (0: never). ``docs``: Swagger UI at /docs (and /openapi.json).
+    ``cors_origins``: browser origins allowed to call the read and predict routes (never the admin ones)."""
     limits = limits or Limits()
     admin_token = check_token(admin_token)
     if source_roots is None:
@@ -183,13 +217,16 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
         watcher = None
         if watch_interval > 0 and isinstance(predictor, MergedPredictor):
             watcher = asyncio.get_running_loop().create_task(_watch(predictor, watch_interval, admin_lock))
+        app.state.ready, app.state.started = True, time.time()
         yield
+        app.state.ready = False
         if watcher is not None:
             watcher.cancel()
         await app.state.batcher.stop()
 
-    app = FastAPI(title="manytask", docs_url=None, redoc_url=None, lifespan=lifespan,
-                  responses=_errors(400, 404, 405, 408, 413, 422, 500))
+    app = FastAPI(title="manytask", docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None, lifespan=lifespan,
+                  responses=_errors(400, 404, 405, 408, 413, 422, 500, 503))
     registry = CollectorRegistry()
     requests_total = Counter("manytask_requests_total", "HTTP requests", ["endpoint", "status"], registry=registry)
     latency = Histogram("manytask_request_seconds", "Request latency", ["endpoint"], registry=registry,
@@ -199,17 +236,29 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     task_count = Counter("manytask_task_predictions_total", "Predictions per task", ["task"], registry=registry)
     batcher = MicroBatcher(predictor.predict, limits.max_batch, limits.max_wait_ms, on_batch=batch_sizes.observe)
     admin_lock = asyncio.Lock()
-    app.state.predictor, app.state.batcher = predictor, batcher
+    app.state.predictor, app.state.batcher, app.state.ready, app.state.started = predictor, batcher, False, None
+    counts: dict[str, dict[str, int]] = {}  # endpoint -> status -> requests (for /v1/stats)
+    predictions: dict[str, int] = {}
 
     def observe(endpoint: str, status: int, seconds: float) -> None:
         latency.labels(endpoint).observe(seconds)
         requests_total.labels(endpoint, str(status)).inc()
+        by_status = counts.setdefault(endpoint, {})
+        by_status[str(status)] = by_status.get(str(status), 0) + 1
+
+    def is_admin_path(path: str) -> bool:
+        return path.startswith("/v1/tasks/")
 
     def is_admin(method: str, path: str) -> bool:
-        return method in ("PUT", "DELETE") and path.startswith("/v1/tasks/")
+        return method in ("PUT", "DELETE") and is_admin_path(path)
 
     app.add_middleware(RequestGuard, routes=app.router.routes, max_body_bytes=limits.max_body_bytes,
-                       admin_token=admin_token, is_admin=is_admin, observe=observe, body_timeout=body_timeout)
+                       admin_token=admin_token, is_admin=is_admin, observe=observe, body_timeout=body_timeout,
+                       max_in_flight=limits.max_in_flight, exempt=PROBES)
+    if cors_origins:  # outermost: a preflight is answered here; PUT/DELETE and Authorization are never allowed
+        app.add_middleware(BrowserCORS, is_admin_path=is_admin_path, allow_origins=list(cors_origins),
+                           allow_methods=["GET", "POST"], allow_headers=["Content-Type"], allow_credentials=False,
+                           max_age=600)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, exc: RequestValidationError):
@@ -223,9 +272,33 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     async def _http(request, exc: StarletteHTTPException):
         return _error(exc.status_code, str(exc.detail))
 
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "tasks": len(predictor.specs())}
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground():
+        return HTMLResponse(playground_page())
+
+    @app.get("/livez")
+    async def livez():
+        """The process is up and its event loop answers."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses=_errors(503))
+    async def readyz():
+        """Ready for traffic: the bundle (and any precision check) is loaded and the server is not stopping."""
+        tasks = len(predictor.specs())
+        if not app.state.ready:
+            return _error(503, "not ready: starting or stopping")
+        if tasks == 0:
+            return _error(503, "not ready: no task is served")
+        return {"status": "ready", "tasks": tasks, "precision": predictor.weights}
+
+    app.add_api_route("/healthz", readyz, methods=["GET"], responses=_errors(503), summary="Alias of /readyz")
+
+    @app.get("/v1/stats")
+    async def stats():
+        """What the playground shows: precision, readiness, requests answered by route and status."""
+        return {"precision": predictor.weights, "ready": bool(app.state.ready),
+                "uptime_s": round(time.time() - app.state.started, 1) if app.state.started else 0.0,
+                "requests": counts, "task_predictions": predictions}
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
     async def metrics():
@@ -272,6 +345,7 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
         results = await batcher.submit(texts, [x.text_pair for x in req.inputs] if pairs else None, tasks, snapshot)
         for t in tasks:
             task_count.labels(t).inc(len(texts))
+            predictions[t] = predictions.get(t, 0) + len(texts)
         return {"tasks": tasks, "results": results}
 
     @app.put("/v1/tasks/{name}", responses=_errors(400, 401, 403, 409, 422, 500))

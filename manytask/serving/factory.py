@@ -48,7 +48,8 @@ def build_app(options: dict) -> FastAPI:
     roots = [Path(r) for r in options["source_roots"]] or None
     return create_app(predictor, Limits(**options["limits"]), options.get("token"), roots,
                       body_timeout=options["body_timeout"], dev_scores=options.get("dev_scores"),
-                      watch_interval=options["watch_interval"])
+                      watch_interval=options["watch_interval"], docs=options.get("docs", True),
+                      cors_origins=options.get("cors_origins", ()))
 
 
 def build() -> FastAPI:

@@ -5,6 +5,8 @@
   ``Content-Length`` and ``Transfer-Encoding`` is refused (400): the two disagree about where it ends.
 - A body must arrive within ``body_timeout`` seconds (408), so a trickled body cannot hold a worker.
 - Admin calls are authenticated before their body is read (401 before 422).
+- Requests in flight are limited (503 beyond ``max_in_flight``), separately from connections: idle sockets are
+  the protocol's to limit (``protocol``), so they cannot starve requests; health probes are never refused.
 - Any unexpected failure becomes a JSON 500 (``{"error": ...}``), logged here, counted like every response.
 - Prometheus counts requests by route template (``/v1/tasks/{name}``), one label for unmatched paths,
   so the metrics cannot grow with the paths clients invent.
@@ -38,8 +40,11 @@ def route_label(routes: list, scope: dict) -> str:
 class RequestGuard:
     def __init__(self, app, routes: list, max_body_bytes: int, admin_token: Optional[str],
                  is_admin: Callable[[str, str], bool], observe: Callable[[str, int, float], None],
-                 body_timeout: float = 30.0):
+                 body_timeout: float = 30.0, max_in_flight: Optional[int] = None, exempt: tuple[str, ...] = ()):
         self.app = app
+        self.max_in_flight = max_in_flight
+        self.exempt = exempt
+        self.in_flight = 0
         self.body_timeout = body_timeout
         self.routes = routes
         self.max_body = max_body_bytes
@@ -66,8 +71,17 @@ class RequestGuard:
                                             (b"content-length", str(len(body)).encode())]})
             await send_tracked({"type": "http.response.body", "body": body})
 
+        counted = scope.get("path", "") not in self.exempt
         try:
-            await self._handle(scope, receive, send_tracked, reply)
+            if counted and self.max_in_flight is not None and self.in_flight >= self.max_in_flight:
+                await reply(503, f"server busy: {self.in_flight} requests in flight (limit {self.max_in_flight}); "
+                                 "retry shortly")
+                return
+            self.in_flight += counted
+            try:
+                await self._handle(scope, receive, send_tracked, reply)
+            finally:
+                self.in_flight -= counted
             if not state["started"]:
                 state["status"] = 499  # the client went away before an answer (nginx's "client closed")
         except Exception:

@@ -83,9 +83,11 @@ def read_token(token_file: Optional[Path]) -> Optional[str]:
 def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: str = "127.0.0.1", port: int = 8000,
           token: Optional[str] = None, source_roots: tuple = (), device: str = "cpu", precision: str = "fp32",
           tolerance: float = 0.5, force: bool = False, workers: int = 1, watch_interval: float = 2.0,
-          body_timeout: float = 30.0, header_timeout: float = 10.0, limit_concurrency: int = 256,
-          timeout_keep_alive: int = 5, echo=log.info) -> None:
-    """Serve a bundle (or a run, bundled once) or separate runs (``runs``: task -> run directory) over HTTP."""
+          body_timeout: float = 30.0, header_timeout: float = 10.0, max_idle_connections: int = 512,
+          timeout_keep_alive: int = 5, docs: bool = True, cors_origins: tuple = (), echo=log.info) -> None:
+    """Serve a bundle (or a run, bundled once) or separate runs (``runs``: task -> run directory) over HTTP.
+    ``limits["max_in_flight"]`` bounds requests being answered; ``max_idle_connections`` the connections with
+    none in flight (the oldest is closed beyond it)."""
     import uvicorn
 
     from manytask.serving.protocol import GuardedH11Protocol
@@ -97,9 +99,16 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
         raise ConfigError("give either a bundle or one or more --run TASK=RUN_DIR")
     if workers < 1:
         raise ConfigError("--workers: 1 or more")
+    if max_idle_connections < 1 or limits.get("max_in_flight", 1) < 1:
+        raise ConfigError("--max-idle-connections and --limit-concurrency: 1 or more")
+    bad_origins = [o for o in cors_origins if o != "*" and not o.startswith(("http://", "https://"))]
+    if bad_origins:
+        raise ConfigError(f"--cors-origin {bad_origins[0]!r}: an origin is scheme://host[:port], e.g. "
+                          "https://app.example.com")
     options = {"bundle": None, "runs": runs, "device": device, "precision": precision,
                "source_roots": [str(r) for r in source_roots], "token": token, "body_timeout": body_timeout,
-               "watch_interval": watch_interval, "dev_scores": None, "limits": limits}
+               "watch_interval": watch_interval, "dev_scores": None, "limits": limits, "docs": docs,
+               "cors_origins": list(cors_origins)}
     if bundle is not None:
         b = Bundle(bundle_of(bundle, echo))
         options["bundle"] = str(b.root.resolve())
@@ -111,9 +120,11 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
     else:
         app = build_app(options)  # also checks every argument before a worker starts
     os.environ["MANYTASK_HEADER_TIMEOUT"] = str(header_timeout)
+    os.environ["MANYTASK_MAX_IDLE"] = str(max_idle_connections)
     GuardedH11Protocol.header_timeout = header_timeout
+    GuardedH11Protocol.max_idle = max_idle_connections
     kw = {"host": host, "port": port, "log_level": "warning", "http": GuardedH11Protocol,
-          "limit_concurrency": limit_concurrency, "timeout_keep_alive": timeout_keep_alive}
+          "limit_concurrency": None, "timeout_keep_alive": timeout_keep_alive}
     if workers == 1:
         uvicorn.run(app, **kw)
     else:

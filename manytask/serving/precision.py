@@ -20,7 +20,7 @@ from manytask.bundles import Bundle
 from manytask.config import TaskEntry
 from manytask.data.loading import load_task
 from manytask.evaluation.scoring import evaluate_data, summarize
-from manytask.io import atomic_write_json
+from manytask.io import atomic_write_json, user_cache
 from manytask.models.precision import PRECISIONS, PrecisionError, autocast_precision, check, quantize, quantize_model  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def cache_root(bundle: Bundle) -> Path:
     own = bundle.root / "scores"
     if os.access(own if own.exists() else bundle.root, os.W_OK):
         return own
-    base = Path(os.environ.get("MANYTASK_CACHE") or Path.home() / ".cache" / "manytask")
-    return base / "scores" / bundle.trunk_sha256[:16]
+    return user_cache() / "scores" / bundle.trunk_sha256[:16]
 
 
 def _cached(bundle: Bundle, root: Path, task_dir: str, precision: str, device_type: str) -> tuple[Path, Optional[dict]]:
