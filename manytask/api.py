@@ -185,15 +185,35 @@ class Run(runs.Run):
 class Bundle(bundles.Bundle):
     """A bundle directory: a trunk and task packages; add, update or remove one task at a time."""
 
-    def model(self, tasks: Optional[list[str]] = None, device: str = "cpu", precision: str = "fp32") -> Model:
-        return Model(self.merged_model(tasks), self.tokenizer(), self.manifest["trunk"]["max_seq_length"], device,
-                     precision)
+    def model(self, tasks: Optional[list[str]] = None, device: str = "cpu", precision: str = "fp32",
+              tolerance: float = 0.5) -> Model:
+        """The bundle's tasks (all, or ``tasks``) as one model; ``precision="auto"`` takes the bundle's precision
+        plan for ``tolerance`` (made by ``score("auto")``)."""
+        plan = None
+        if precision == "auto":
+            from manytask.serving.plan import load_plan
 
-    def score(self, precision: str = "int8", glue_dir: Optional[Union[str, Path]] = None) -> dict:
-        """Every task's dev score in fp32 and ``precision`` (cached in the bundle for ``serve``)."""
+            found = load_plan(self, tolerance)
+            if found is None:
+                raise ConfigError(f"{self.root}: no precision plan for tolerance {tolerance:g}: make one with "
+                                  f"Bundle.score('auto') or `manytask bundle score --precision auto`")
+            plan = found["int8"]
+        return Model(self.merged_model(tasks), self.tokenizer(), self.manifest["trunk"]["max_seq_length"], device,
+                     precision, plan)
+
+    def score(self, precision: str = "int8", glue_dir: Optional[Union[str, Path]] = None,
+              tolerance: float = 0.5) -> dict:
+        """Every task's dev score in fp32 and ``precision`` (cached in the bundle for ``serve``); ``auto`` searches
+        the precision plan for ``tolerance`` (written to the bundle; ``plan(tolerance)`` reads it)."""
         from manytask.serving.precision import score_precisions
 
-        return score_precisions(self, precision, resolve_glue_dir(glue_dir))
+        return score_precisions(self, precision, resolve_glue_dir(glue_dir), tolerance=tolerance)
+
+    def plan(self, tolerance: float = 0.5) -> Optional[dict]:
+        """The bundle's precision plan for ``tolerance`` (None before ``score("auto")`` made it)."""
+        from manytask.serving.plan import load_plan
+
+        return load_plan(self, tolerance)
 
 
 def train(config_: ConfigLike, out: Union[str, Path], overrides: Overrides = None, resume: bool = False,

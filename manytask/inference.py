@@ -13,7 +13,7 @@ from manytask.data.features import encode_words, segment_ids
 from manytask.errors import ManytaskError, UnknownTask
 from manytask.kinds import kind_of
 from manytask.models.multitask import MultiTaskModel
-from manytask.models.precision import autocast_precision, check, quantize_model
+from manytask.models.precision import apply_precision, autocast_precision, check
 from manytask.records import Features, Prediction
 from manytask.runtime import autocast, resolve_device
 from manytask.tasks import TaskSpec
@@ -73,14 +73,15 @@ class Model:
 
     The public API's ``Model`` (``manytask.Model``) adds writing it as a bundle."""
 
-    def __init__(self, net: MultiTaskModel, tokenizer, max_length: int, device: str = "cpu", precision: str = "fp32"):
-        """``precision``: fp32, bf16 (autocast, where native) or int8 (the linear layers of the trunk and the
-        branches quantised once, here: ``net`` is changed in place)."""
+    def __init__(self, net: MultiTaskModel, tokenizer, max_length: int, device: str = "cpu", precision: str = "fp32",
+                 plan: Optional[list[str]] = None):
+        """``precision``: fp32, bf16 (autocast, where native), int8 or int8-channel (the linear layers of the trunk
+        and the branches quantised once, here: ``net`` is changed in place), or auto with ``plan`` (the units a
+        precision plan makes int8)."""
         self.device = resolve_device(device)
         check(precision, self.device)
         self.net = net.to(self.device).eval()
-        if precision == "int8":
-            quantize_model(self.net)
+        apply_precision(self.net, precision, plan)
         self.weights, self.precision = precision, autocast_precision(precision)
         self.tokenizer, self.max_length = tokenizer, max_length
 

@@ -68,13 +68,21 @@ def bundle_remove(bundle: Path = typer.Argument(...), task: str = typer.Argument
 
 @command(bundle_app, "score")
 def bundle_score(bundle: Path = typer.Argument(...),
-                 precision: str = typer.Option("int8", help="bf16 or int8, scored beside fp32"),
+                 precision: str = typer.Option("int8", help="bf16, int8, int8-channel or auto (a precision plan), "
+                                               "scored beside fp32"),
+                 tolerance: float = typer.Option(0.5, help="auto: points of dev score the plan may cost any task"),
                  glue_dir: Optional[Path] = GlueDir) -> None:
-    """Every task's dev score in fp32 and another precision (cached in the bundle for `serve`)."""
+    """Every task's dev score in fp32 and another precision (cached in the bundle for `serve`); `auto` searches
+    which layers may be int8 with every task within the tolerance and writes that plan to the bundle."""
     setup(glue_dir)
     from manytask.serving.launch import precision_table
 
-    typer.echo(precision_table(api.Bundle(bundle).score(precision, glue_dir)))
+    b = api.Bundle(bundle)
+    typer.echo(precision_table(b.score(precision, glue_dir, tolerance)))
+    if precision == "auto":
+        from manytask.serving.plan import plan_table
+
+        typer.echo(plan_table(b.plan(tolerance)))
 
 
 @command()
@@ -108,8 +116,12 @@ def serve(
     body_timeout: float = typer.Option(30.0, help="seconds a request has to send its whole body"),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: torch's choice)"),
     device: str = typer.Option("cpu", "--device", help="cpu, auto, cuda, cuda:N or mps: where the trunk and branches run"),
-    precision: str = typer.Option("fp32", help="fp32, bf16 (where native) or int8 (dynamic quantisation, CPU)"),
+    precision: str = typer.Option("fp32", help="fp32, bf16 (where native), int8 / int8-channel (dynamic quantisation "
+                                  "per tensor / per channel, CPU) or auto (int8 on the layers a search finds within "
+                                  "--tolerance for every task, the rest fp32; the plan is written to the bundle)"),
     tolerance: float = typer.Option(0.5, help="points of dev score a precision may cost any task"),
+    runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx (the bundle exported once into ONNX "
+                                "Runtime pieces; fp32 or int8 by ONNX Runtime's quantiser; tasks fixed while serving)"),
     force: bool = typer.Option(False, "--force", help="serve the precision even if it costs more than the tolerance"),
     workers: int = typer.Option(1, "--workers", help="server processes sharing the port (each holds the model)"),
     watch_interval: float = typer.Option(2.0, help="seconds between looks at the bundle for changes made by "
@@ -133,7 +145,8 @@ def serve(
               token=read_token(admin_token_file), source_roots=tuple(source_root), device=device, precision=precision,
               tolerance=tolerance, force=force, workers=workers, watch_interval=watch_interval,
               body_timeout=body_timeout, header_timeout=header_timeout, max_idle_connections=max_idle_connections,
-              timeout_keep_alive=timeout_keep_alive, docs=docs, cors_origins=tuple(cors_origin), echo=_echo_err)
+              timeout_keep_alive=timeout_keep_alive, docs=docs, cors_origins=tuple(cors_origin), runtime=runtime,
+              echo=_echo_err)
 
 
 @command()

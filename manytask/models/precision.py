@@ -1,8 +1,17 @@
 """Inference precision of a model: fp32, bf16 (autocast; on a CPU only where native, on a GPU where native),
-fp16 (autocast on a GPU: the half precision of GPUs without bf16) or int8 (dynamic quantisation of the
-trunk's and branches' linear layers, done once at load, on the CPU; heads stay fp32)."""
+fp16 (autocast on a GPU: the half precision of GPUs without bf16), int8 (dynamic quantisation of the trunk's and
+branches' linear layers, one scale per weight tensor, done once at load, on the CPU; heads stay fp32),
+int8-channel (the same with one scale per output channel: closer to fp32) and auto (a precision plan: int8 per
+channel on the layers a search found harmless, the others fp32; ``serving.plan``).
+
+A model's quantisable *units* are its trunk layers (``trunk.3``) and each branch's layers (``branch.cola.0``);
+a unit is changed whole, and only units some task runs count.
+"""
 
 from __future__ import annotations
+
+import warnings
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -10,7 +19,8 @@ from torch import nn
 from manytask.errors import ManytaskError
 from manytask.runtime import cpu_has_native_bf16, gpu_has_native_bf16
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-channel", "auto")
+INT8 = ("int8", "int8-channel", "auto")  # int8 weights: the CPU's
 
 
 class PrecisionError(ManytaskError, ValueError):
@@ -21,8 +31,8 @@ def check(precision: str, device: torch.device) -> None:
     """Refuse a precision this device cannot run (or runs far slower than fp32)."""
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
-    if precision == "int8" and device.type != "cpu":
-        raise PrecisionError("int8 (dynamic quantisation) runs on the CPU; serve with --device cpu")
+    if precision in INT8 and device.type != "cpu":
+        raise PrecisionError(f"{precision} (dynamic int8 quantisation) runs on the CPU; serve with --device cpu")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         raise PrecisionError("bf16 on this CPU is emulated (no avx512_bf16/amx_bf16): far slower than fp32")
     if precision == "bf16" and device.type == "cuda" and not gpu_has_native_bf16(device):
@@ -31,18 +41,56 @@ def check(precision: str, device: torch.device) -> None:
         raise PrecisionError("fp16 serves on a CUDA GPU; on a CPU use fp32, bf16 (where native) or int8")
 
 
-def quantize(module: nn.Module) -> nn.Module:
-    """int8 weights for the linear layers of ``module`` (in place); activations are quantised per batch."""
-    return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+def quantize(module: nn.Module, per_channel: bool = False) -> nn.Module:
+    """int8 weights for the linear layers of ``module`` (in place), one scale per tensor or per output channel;
+    activations are quantised per batch."""
+    from torch.ao import quantization as tq
+
+    spec = {nn.Linear: tq.per_channel_dynamic_qconfig} if per_channel else {nn.Linear}
+    with warnings.catch_warnings():  # torch.ao's deprecation notices, once per layer
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_(tensor|channel).*")
+        return tq.quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
 
 
-def quantize_model(model) -> None:
+def quantize_model(model, per_channel: bool = False) -> None:
     """The trunk's layers and every task's branch; heads stay fp32 (small, and the last word on the answer)."""
-    quantize(model.adapter.layers)
+    quantize(model.adapter.layers, per_channel)
     for branch in model.branches.values():
-        quantize(branch)
+        quantize(branch, per_channel)
 
 
+def units(model) -> dict[str, tuple[nn.Module, frozenset[str]]]:
+    """Each quantisable unit that some task runs: name -> (module, the tasks whose answers it changes)."""
+    out: dict[str, tuple[nn.Module, frozenset[str]]] = {}
+    for i, layer in enumerate(model.adapter.layers):
+        tasks = frozenset(t for t in model.task_names if model.split_depth[t] > i)
+        if tasks:
+            out[f"trunk.{i}"] = (layer, tasks)
+    for task, branch in model.branches.items():
+        for j, layer in enumerate(branch):
+            out[f"branch.{task}.{j}"] = (layer, frozenset([task]))
+    return out
+
+
+def apply_plan(model, int8_units: Iterable[str]) -> list[str]:
+    """int8 (per channel) on the named units of ``model``, in place; names it does not have are skipped (a
+    task added after the plan was made). Returns the units changed."""
+    have = units(model)
+    done = [u for u in int8_units if u in have]
+    for u in done:
+        quantize(have[u][0], per_channel=True)
+    return done
+
+
+def apply_precision(model, precision: str, plan: Optional[Iterable[str]] = None) -> None:
+    """A served precision's weights, in place: int8 per tensor or per channel everywhere, or a plan's units."""
+    if precision == "int8":
+        quantize_model(model)
+    elif precision == "int8-channel":
+        quantize_model(model, per_channel=True)
+    elif precision == "auto":
+        apply_plan(model, plan or [])
 
 
 def autocast_precision(precision: str) -> str:

@@ -119,7 +119,7 @@ def _errors(*codes: int) -> dict:
     why = {400: "bad request or unusable task package", 401: "missing or wrong admin token",
            403: "admin calls disabled, or source outside the source roots", 404: "unknown task",
            405: "method not allowed", 408: "request body not received in time",
-           409: "this server serves separate models, not a bundle", 413: "body or inputs over the limits",
+           409: "this server's tasks cannot be changed (separate models, or the ONNX runtime)", 413: "body or inputs over the limits",
            422: "invalid request",
            500: "server failure (logged)", 503: "not ready, or too many requests in flight"}
     return {c: {"model": ErrorBody, "description": why[c]} for c in codes}
@@ -308,11 +308,17 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     async def list_tasks():
         specs = predictor.specs()
         scores = dev_scores or {}
-        return {"precision": predictor.weights,
-                "tasks": [{"name": n, "kind": s.kind, "labels": s.labels, "label_range": s.label_range,
-                           "text_fields": len(s.text_fields), "layers_run": predictor.layers_run([n]),
-                           "dev": {p: v[n] for p, v in scores.items() if n in v}}
-                          for n, s in sorted(specs.items())]}
+        plan = predictor.plan
+        out = {"precision": predictor.weights,
+               "tasks": [{"name": n, "kind": s.kind, "labels": s.labels, "label_range": s.label_range,
+                          "text_fields": len(s.text_fields), "layers_run": predictor.layers_run([n]),
+                          "dev": {p: v[n] for p, v in scores.items() if n in v},
+                          **({"plan": plan["tasks"].get(n, {})} if plan else {})}
+                         for n, s in sorted(specs.items())]}
+        if plan:
+            out["plan"] = {"scheme": plan["scheme"], "tolerance": plan["tolerance"], "int8": plan["int8"],
+                           "fp32": plan["fp32"]}
+        return out
 
     @app.post("/v1/predict", responses=_errors(404, 413, 422, 500))
     async def predict(req: PredictRequest):
@@ -351,7 +357,8 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     @app.put("/v1/tasks/{name}", responses=_errors(400, 401, 403, 409, 422, 500))
     async def put_task(name: Name, body: PutTask):
         if not isinstance(predictor, MergedPredictor):
-            raise HTTPException(409, "this server does not serve a bundle; tasks cannot be changed")
+            raise HTTPException(409, "this server cannot change its tasks (it serves separate models, or a fixed "
+                                     "ONNX export of the bundle)")
         source = within(body.source, roots)
         if source is None:  # said the same way whether or not the path exists
             raise HTTPException(403, "source must lie under one of the server's source roots (--source-root)")
@@ -371,7 +378,8 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     @app.delete("/v1/tasks/{name}", responses=_errors(401, 403, 404, 409, 422, 500))
     async def delete_task(name: Name):
         if not isinstance(predictor, MergedPredictor):
-            raise HTTPException(409, "this server does not serve a bundle; tasks cannot be changed")
+            raise HTTPException(409, "this server cannot change its tasks (it serves separate models, or a fixed "
+                                     "ONNX export of the bundle)")
         async with admin_lock:
             if name not in predictor.specs():
                 raise HTTPException(404, f"unknown task: {name}")

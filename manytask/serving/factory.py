@@ -40,8 +40,13 @@ def build_app(options: dict) -> FastAPI:
     from manytask.serving.app import Limits, create_app
     from manytask.serving.predictor import MergedPredictor, SeparatePredictor
 
-    if options.get("bundle"):
-        predictor = MergedPredictor(Bundle(Path(options["bundle"])), options["device"], options["precision"])
+    if options.get("bundle") and options.get("runtime") == "onnx":
+        from manytask.serving.onnx_runtime import OnnxPredictor
+
+        predictor = OnnxPredictor(Bundle(Path(options["bundle"])), options["precision"])
+    elif options.get("bundle"):
+        predictor = MergedPredictor(Bundle(Path(options["bundle"])), options["device"], options["precision"],
+                                    options.get("plan"))
     else:
         predictor = SeparatePredictor({t: Path(d) for t, d in options["runs"].items()}, options["device"],
                                       options["precision"])

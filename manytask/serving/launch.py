@@ -32,11 +32,21 @@ def precision_table(scores: dict) -> str:
 
 
 def checked_scores(bundle: Bundle, precision: str, tolerance: float, force: bool, echo=log.info,
-                   device: str = "cpu") -> dict:
-    """fp32 and ``precision`` dev scores of every task, on the device that will serve (cached with the bundle);
-    a task that loses more than ``tolerance`` points, or that cannot be scored here (its dev data is not on this
-    machine), refuses the precision unless forced."""
-    scores = score_precisions(bundle, precision, RunConfig(tasks=["sst2"]).resolved_glue_dir(), resolve_device(device))
+                   device: str = "cpu", runtime: str = "torch") -> dict:
+    """fp32 and ``precision`` dev scores of every task, on the device and runtime that will serve (cached with
+    the bundle); a task that loses more than ``tolerance`` points, or that cannot be scored here (its dev data
+    is not on this machine), refuses the precision unless forced."""
+    glue_dir = RunConfig(tasks=["sst2"]).resolved_glue_dir()
+    if runtime == "onnx":
+        from manytask.serving.onnx_runtime import OnnxModel
+        from manytask.serving.precision import dev_scores
+
+        key = f"onnx-{precision}"
+        scores = {"fp32": dev_scores(bundle, bundle.merged_model().eval(), "fp32", glue_dir),
+                  key: dev_scores(bundle, OnnxModel(bundle, precision), key, glue_dir)}
+        precision = key
+    else:
+        scores = score_precisions(bundle, precision, glue_dir, resolve_device(device), tolerance, echo)
     echo(precision_table(scores))
     unscored = {t: v["unscored"] for t, v in scores[precision].items() if "unscored" in v}
     if unscored and not force:
@@ -84,7 +94,8 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
           token: Optional[str] = None, source_roots: tuple = (), device: str = "cpu", precision: str = "fp32",
           tolerance: float = 0.5, force: bool = False, workers: int = 1, watch_interval: float = 2.0,
           body_timeout: float = 30.0, header_timeout: float = 10.0, max_idle_connections: int = 512,
-          timeout_keep_alive: int = 5, docs: bool = True, cors_origins: tuple = (), echo=log.info) -> None:
+          timeout_keep_alive: int = 5, docs: bool = True, cors_origins: tuple = (), runtime: str = "torch",
+          echo=log.info) -> None:
     """Serve a bundle (or a run, bundled once) or separate runs (``runs``: task -> run directory) over HTTP.
     ``limits["max_in_flight"]`` bounds requests being answered; ``max_idle_connections`` the connections with
     none in flight (the oldest is closed beyond it)."""
@@ -99,6 +110,10 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
         raise ConfigError("give either a bundle or one or more --run TASK=RUN_DIR")
     if workers < 1:
         raise ConfigError("--workers: 1 or more")
+    if runtime not in ("torch", "onnx"):
+        raise ConfigError(f"--runtime {runtime!r}: torch or onnx")
+    if runtime == "onnx" and (bundle is None or device != "cpu" or precision not in ("fp32", "int8")):
+        raise ConfigError("--runtime onnx serves a bundle on the CPU in fp32 or int8 (ONNX Runtime's quantiser)")
     if max_idle_connections < 1 or limits.get("max_in_flight", 1) < 1:
         raise ConfigError("--max-idle-connections and --limit-concurrency: 1 or more")
     bad_origins = [o for o in cors_origins if o != "*" and not o.startswith(("http://", "https://"))]
@@ -108,12 +123,17 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
     options = {"bundle": None, "runs": runs, "device": device, "precision": precision,
                "source_roots": [str(r) for r in source_roots], "token": token, "body_timeout": body_timeout,
                "watch_interval": watch_interval, "dev_scores": None, "limits": limits, "docs": docs,
-               "cors_origins": list(cors_origins)}
+               "cors_origins": list(cors_origins), "runtime": runtime}
     if bundle is not None:
         b = Bundle(bundle_of(bundle, echo))
         options["bundle"] = str(b.root.resolve())
         if precision != "fp32":
-            options["dev_scores"] = checked_scores(b, precision, tolerance, force, echo, device)
+            options["dev_scores"] = checked_scores(b, precision, tolerance, force, echo, device, runtime)
+        if precision == "auto":
+            from manytask.serving.plan import load_plan, plan_table
+
+            options["plan"] = load_plan(b, tolerance, resolve_device(device).type)
+            echo(plan_table(options["plan"]))
     if workers > 1 and device != "cpu":
         app = None  # each worker builds its own on its GPU: the parent keeps no CUDA context
         options["slots"] = str(Path(tempfile.mkdtemp(prefix="manytask-serve-")) / "slots")

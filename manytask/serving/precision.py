@@ -1,6 +1,7 @@
-"""Serving precision: fp32, bf16 (autocast; on a CPU only where native) or int8 (dynamic quantisation of the
-trunk's and branches' linear layers, done once at load; heads stay fp32), and each task's dev score under
-it, so a precision that costs a task more than a stated tolerance is refused unless forced.
+"""Serving precision: fp32, bf16 (autocast; on a CPU only where native), int8 / int8-channel (dynamic
+quantisation of the trunk's and branches' linear layers, per tensor or per output channel, done once at load;
+heads stay fp32) or auto (a precision plan, ``plan``), and each task's dev score under it, so a precision that
+costs a task more than a stated tolerance is refused unless forced.
 
 Scores are cached in ``BUNDLE/scores/<task dir>.<precision>.<device type>.json`` (elsewhere for a bundle this
 process cannot write): a changed task has a new directory, so its score is computed again.
@@ -21,9 +22,13 @@ from manytask.config import TaskEntry
 from manytask.data.loading import load_task
 from manytask.evaluation.scoring import evaluate_data, summarize
 from manytask.io import atomic_write_json, user_cache
-from manytask.models.precision import PRECISIONS, PrecisionError, autocast_precision, check, quantize, quantize_model  # noqa: F401
+from manytask.models.precision import (PRECISIONS, PrecisionError, apply_precision, autocast_precision,  # noqa: F401
+                                       check, quantize, quantize_model)
 
 log = logging.getLogger(__name__)
+DATA_ERRORS = (FileNotFoundError, ValueError)  # a task's dev data absent or unreadable here: it is unscored
+
+
 def _eval_data(pkg, glue_dir: Path):
     ev = pkg.info.get("eval")
     entry = TaskEntry.model_validate(ev["entry"]) if ev else TaskEntry(name=pkg.spec.name)
@@ -41,12 +46,20 @@ def cache_root(bundle: Bundle) -> Path:
 
 def _cached(bundle: Bundle, root: Path, task_dir: str, precision: str, device_type: str) -> tuple[Path, Optional[dict]]:
     """A task's cached score under a precision on a kind of device (a bf16 score on a GPU is not a CPU's);
-    scores cached before devices were told apart were CPU scores."""
+    fp32 and bf16 scores cached before devices were told apart were CPU scores."""
     path = root / f"{task_dir}.{precision}.{device_type}.json"
-    for p in ([path, bundle.root / "scores" / f"{task_dir}.{precision}.json"] if device_type == "cpu" else [path]):
+    legacy = device_type == "cpu" and precision in ("fp32", "bf16", "int8")
+    for p in [path, bundle.root / "scores" / f"{task_dir}.{precision}.json"] if legacy else [path]:
         if p.exists():
             return path, json.loads(p.read_text())
     return path, None
+
+
+def task_score(model, data, tokenizer, max_len: int, precision: str = "fp32", batch_size: int = 64) -> dict:
+    """One task's primary dev score with ``model``: {"score", "metric", "n"}."""
+    results = evaluate_data(model, data, tokenizer, max_len, batch_size, autocast_precision(precision))
+    score = summarize({data.name: results}, {data.name: data.spec})["primary"][data.name]
+    return {"score": score, "metric": data.spec.primary, "n": sum(len(ex) for ex in data.evals.values())}
 
 
 def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size: int = 64,
@@ -64,15 +77,12 @@ def dev_scores(bundle: Bundle, model, precision: str, glue_dir: Path, batch_size
         if hit is not None:
             out[name] = hit
             continue
-        pkg = bundle.package(name)
         try:
-            data = _eval_data(pkg, glue_dir)
-        except (FileNotFoundError, ValueError) as e:
+            data = _eval_data(bundle.package(name), glue_dir)
+        except DATA_ERRORS as e:
             out[name] = {"unscored": str(e).splitlines()[0][:300]}
             continue
-        results = evaluate_data(model, data, tok, max_len, batch_size, autocast_precision(precision))
-        score = summarize({name: results}, {name: data.spec})["primary"][name]
-        out[name] = {"score": score, "metric": data.spec.primary, "n": sum(len(ex) for ex in data.evals.values())}
+        out[name] = task_score(model, data, tok, max_len, precision, batch_size)
         atomic_write_json(cache, out[name])
     return out
 
@@ -87,15 +97,20 @@ def compare(base: dict, other: dict, tolerance: float) -> list[str]:
     return worse
 
 
-def score_precisions(bundle: Bundle, precision: str, glue_dir: Path, device: Optional[torch.device] = None) -> dict:
+def score_precisions(bundle: Bundle, precision: str, glue_dir: Path, device: Optional[torch.device] = None,
+                     tolerance: float = 0.5, echo=log.info) -> dict:
     """fp32 and ``precision`` dev scores of every task (fresh models from the bundle), on the device that will
-    serve them."""
+    serve them. ``auto`` finds (or reads) the bundle's precision plan for ``tolerance`` and scores under it."""
     device = device or torch.device("cpu")
     check(precision, device)
+    if precision == "auto":
+        from manytask.serving.plan import plan_for
+
+        plan = plan_for(bundle, glue_dir, tolerance, device, echo)
+        return {"fp32": plan["fp32_scores"], "auto": plan["scores"]}
     scores = {}
     for p in dict.fromkeys(("fp32", precision)):
         model = bundle.merged_model().to(device).eval()
-        if p == "int8":
-            quantize_model(model)
+        apply_precision(model, p)
         scores[p] = dev_scores(bundle, model, p, glue_dir, device=device)
     return scores

@@ -18,7 +18,7 @@ import torch
 from manytask.bundles import Bundle, TaskPackage
 from manytask.inference import answer_batch
 from manytask.models.multitask import MultiTaskModel
-from manytask.models.precision import autocast_precision, check, quantize, quantize_model
+from manytask.models.precision import PrecisionError, apply_precision, autocast_precision, check, quantize
 from manytask.models.rundir import RunDir
 from manytask.runtime import resolve_device
 from manytask.tasks import TaskSpec
@@ -29,7 +29,8 @@ class Predictor:
     max_length: int = 128
     device = torch.device("cpu")
     precision: str = "fp32"  # autocast precision (int8 is applied to the weights at load instead)
-    weights: str = "fp32"  # what the server reports: fp32, bf16 or int8
+    weights: str = "fp32"  # what the server reports: fp32, bf16, int8, int8-channel or auto
+    plan: Optional[dict] = None  # auto: the precision plan (its int8 units, per task what it runs in int8)
 
     def snapshot(self):
         """The current model version; a request is validated against it and run with it."""
@@ -52,16 +53,18 @@ def _json(answers) -> list[dict]:
 
 
 class MergedPredictor(Predictor):
-    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", plan: Optional[dict] = None):
+        """``plan``: with precision auto, the precision plan (``serving.plan``) whose units are made int8."""
         self.bundle = bundle
         self.tokenizer = bundle.tokenizer()
         self.max_length = bundle.manifest["trunk"]["max_seq_length"]
         self.device = resolve_device(device)
         check(precision, self.device)
-        self.weights, self.precision = precision, autocast_precision(precision)
+        if precision == "auto" and plan is None:
+            raise ValueError("precision auto serves a precision plan: pass one (serving.plan.plan_for)")
+        self.weights, self.precision, self.plan = precision, autocast_precision(precision), plan
         self.model: MultiTaskModel = bundle.merged_model().to(self.device)
-        if precision == "int8":
-            quantize_model(self.model)
+        apply_precision(self.model, precision, (plan or {}).get("int8"))
         self.served = self._served_dirs()
         self.bundle_trunk = bundle.manifest["trunk"]["sha256"]
         self._write = threading.Lock()
@@ -81,9 +84,17 @@ class MergedPredictor(Predictor):
         return self.model.layers_run(tasks)
 
     def _attach(self, model: MultiTaskModel, name: str) -> None:
+        """Read a task back from the bundle into ``model`` in the served precision. Under a plan, a task that
+        changed since the plan was made keeps its branch fp32 (the plan never scored it)."""
         self.bundle.package(name).attach(model)  # read back what was written
-        if self.weights == "int8" and name in model.branches:
-            quantize(model.branches[name])
+        if name in model.branches and self.weights in ("int8", "int8-channel"):
+            quantize(model.branches[name], per_channel=self.weights == "int8-channel")
+        if self.plan is not None:
+            self.plan = {**self.plan, "tasks": {**self.plan["tasks"], name: {
+                "int8_layers": sum(1 for u in self.plan["int8"] if u.startswith("trunk.")
+                                   and int(u.split(".")[1]) < model.split_depth[name]),
+                "layers_run": model.layers_run([name]),
+                "note": "changed after the precision plan was made: its branch is served in fp32"}}}
 
     def put(self, pkg: TaskPackage) -> dict:
         """Write the task into the bundle, then swap in a snapshot that has it."""
@@ -130,14 +141,16 @@ class SeparatePredictor(Predictor):
     def __init__(self, runs: dict[str, Path], device: str = "cpu", precision: str = "fp32"):
         self.device = resolve_device(device)
         check(precision, self.device)
+        if precision == "auto":
+            raise PrecisionError("precision auto plans a bundle's layers; separate models serve fp32, bf16, int8 or "
+                                 "int8-channel")
         self.weights, self.precision = precision, autocast_precision(precision)
         self.models: dict[str, MultiTaskModel] = {}
         for task, run_dir in runs.items():
             run = RunDir.open(run_dir)
             run.spec(task)  # the run must have the task
             self.models[task] = run.model_for(task).to(self.device).eval()
-            if precision == "int8":
-                quantize_model(self.models[task])  # each task its own quantised model: the baseline a user would build
+            apply_precision(self.models[task], precision)  # each task its own quantised model, as a user would
             self.tokenizer = run.tokenizer()
             self.max_length = run.cfg.model.max_seq_length
 
