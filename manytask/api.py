@@ -217,10 +217,11 @@ class Bundle(bundles.Bundle):
 
 
 def train(config_: ConfigLike, out: Union[str, Path], overrides: Overrides = None, resume: bool = False,
-          stop_at: Optional[int] = None) -> Run:
-    """Train a run into ``out`` (or resume it) and return it; ``run.scores()`` gives its dev scores."""
+          stop_at: Optional[int] = None, callbacks: Sequence = ()) -> Run:
+    """Train a run into ``out`` (or resume it) and return it; ``run.scores()`` gives its dev scores.
+    ``callbacks``: functions called as ``cb(event, record)`` at each plan, log, eval and end event."""
     cfg = load_config(config_, overrides, tables=Path(out) / "inputs")
-    runs.train_run(cfg, Path(out), resume=resume, stop_at=stop_at)
+    runs.train_run(cfg, Path(out), resume=resume, stop_at=stop_at, callbacks=callbacks)
     return Run.open(Path(out)) if (Path(out) / "checkpoints").exists() else Run(Path(out), cfg)
 
 

@@ -106,6 +106,7 @@ class TrainConfig(StrictModel):
     deterministic: bool = False  # torch's deterministic algorithms (slower on GPUs; CPU runs are deterministic)
     tf32: bool = True  # on Ampere and later GPUs, fp32 matmuls in TF32 (torch.set_float32_matmul_precision("high"))
     prefetch: int = 2  # steps collated ahead in a background thread (0: on the training thread)
+    compile: bool = False  # torch.compile every encoder layer (dynamic shapes); benchmarks/train_throughput.py
 
     @field_validator("batch_size", "eval_batch_size", "log_every", "gradient_accumulation_steps")
     @classmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from manytask import runtime
 from manytask.config import ConfigError, DistillConfig, RunConfig, absolutize_user_files, dump_config, load_config
@@ -99,7 +99,7 @@ def _take_label_sets(cfg: RunConfig, labels: dict[str, Optional[list[str]]]) -> 
             t.labels = list(labels[t.name])
 
 
-WHERE_IT_RUNS = ("device", "precision", "progress", "prefetch", "report_to")  # may change when a run resumes
+WHERE_IT_RUNS = ("device", "precision", "progress", "prefetch", "report_to", "compile")  # may change when a run resumes
 
 
 def _check_resumable(cfg: RunConfig, saved: Path, out: Path) -> None:
@@ -121,11 +121,12 @@ def _check_resumable(cfg: RunConfig, saved: Path, out: Path) -> None:
 
 
 def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional[int] = None,
-              objectives: ObjectiveFactory = task_objectives) -> dict:
+              objectives: ObjectiveFactory = task_objectives, callbacks: Sequence = ()) -> dict:
     """Train into ``out``. With resume, continue the run found there from its last checkpoint; with
     ``stop_at``, stop after that step with a checkpoint to resume from (``{"stopped": step}``). Nothing is
     written to ``out`` before the data and the encoder have loaded. ``objectives`` builds each task's
-    objectives (a seam for tests and extensions)."""
+    objectives (a seam for tests and extensions); ``callbacks`` are called as ``cb(event, record)`` for each
+    plan, log, eval and end event (what metrics.jsonl holds)."""
     out = Path(out)
     saved = out / "config.yaml"
     absolutize_user_files(cfg, Path.cwd())  # as load_config does: a config built in code (a study's) too
@@ -157,7 +158,7 @@ def train_run(cfg: RunConfig, out: Path, resume: bool = False, stop_at: Optional
         atomic_write_json(out / "data.json", data_summary(data, skipped))
         atomic_write_text(saved, dump_config(cfg))
     runtime.barrier()
-    trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id)
+    trainer = Trainer(model, feats, cfg.train, out, cfg.seed, tokenizer.pad_token_id, list(callbacks))
     if resume:
         trainer.resume()
     if trainer.finished and (out / "results.json").exists():

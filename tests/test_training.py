@@ -1,6 +1,9 @@
+import copy
 import json
+import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from manytask.config import load_config
@@ -119,3 +122,32 @@ def test_eval_scores_one_model_by_default(mini_glue, tiny_config, tmp_path, pool
     assert last["checkpoint"] == "last"
     for task, value in last["primary"].items():
         assert value == pytest.approx(summary["final"]["primary"][task], abs=1e-6)
+
+
+def test_compiled_layers_train_and_keep_their_weight_names(mini_glue, tiny_config, tmp_path):
+    """``train.compile`` compiles each encoder layer in place: the run trains (dropout draws differ from eager
+    mode, so losses are not compared), its checkpoint has the weight names of an uncompiled run's, and compiled
+    layers answer as eager ones on the same weights."""
+    import manytask as mt
+    from manytask.training.trainer import compile_layers
+
+    tiny_config["tasks"] = ["sst2"]
+    keys = {}
+    for compiled in (False, True):
+        seen = []
+        mt.train(tiny_config, out=tmp_path / f"run-{compiled}", callbacks=[lambda e, r: seen.append(r) if e == "log" else 0],
+                 overrides={"train.steps": 3, "train.eval_every": None, "train.log_every": 1, "train.compile": compiled})
+        assert len(seen) == 3 and all(math.isfinite(r["loss"]["sst2"]) for r in seen)
+        keys[compiled] = sorted(load_file(str(next((tmp_path / f"run-{compiled}" / "checkpoints").glob("*.safetensors")))))
+    assert keys[True] == keys[False] and not any("_orig_mod" in k for k in keys[True])
+    run = mt.open_run(tmp_path / "run-True")
+    eager = run.model_for("sst2").eval()
+    fast = copy.deepcopy(eager)
+    compile_layers(fast)
+    ids = torch.randint(5, 100, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        want = eager(ids, mask, torch.zeros_like(ids))["sst2"].logits
+        got = fast(ids, mask, torch.zeros_like(ids))["sst2"].logits
+    assert torch.allclose(got, want, atol=1e-4)

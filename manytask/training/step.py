@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import torch
+from torch.profiler import record_function
 
 from manytask import runtime
 from manytask.data.features import TaskBatch, collate
@@ -64,6 +65,11 @@ def prepare(tasks: dict[str, StepTask], step: dict[str, list[int]], pad_id: int,
             accumulation: int = 1) -> PreparedStep:
     """Collate this rank's share of a step into micro-batches, count every term, and move them to the device
     (pinned, without blocking, on a GPU): the part of a step that can run ahead, off the training thread."""
+    with record_function("manytask.collate"):  # named for the profile in benchmarks/train_profile.py
+        return _prepare(tasks, step, pad_id, device, accumulation)
+
+
+def _prepare(tasks, step, pad_id, device, accumulation) -> PreparedStep:
     mine = {t: _chunks(shard(full), accumulation) for t, full in step.items()}
     pin = device.type == "cuda"
     micro, counts = [], None
@@ -100,7 +106,7 @@ def micro_loss(net, tasks: dict[str, StepTask], prepared: PreparedStep, m: int, 
     """
     step, mb = prepared.step, prepared.micro[m]
     rows = {t: b.rows for t, b in mb.batches.items() if b.rows is not None} or None
-    with runtime.autocast(precision, device.type):
+    with runtime.autocast(precision, device.type), record_function("manytask.forward"):
         outputs = net(mb.inputs["input_ids"], mb.inputs["attention_mask"], mb.inputs["token_type_ids"],
                       tasks=list(step), rows=rows, extras=True)
     safe = torch.where(den > 0, den, torch.ones_like(den))

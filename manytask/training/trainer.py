@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from manytask import runtime
@@ -71,6 +72,13 @@ def _numerics(cfg: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def compile_layers(model: MultiTaskModel) -> None:
+    """``torch.compile`` each encoder layer in place (trunk and branches; the weights' names do not change), with
+    dynamic shapes: length-grouped batches vary in length, and one graph serves every layer of a family."""
+    for layer in [*model.adapter.layers, *(l for b in model.branches.values() for l in b)]:
+        layer.compile(dynamic=True)
+
+
 def resume_point(ckpt: CheckpointDir) -> Optional[dict]:
     """Where to resume: rank 0's last checkpoint, told to every rank; every rank must see its files (on
     several machines, a shared run directory), or every rank fails naming those that cannot."""
@@ -115,6 +123,8 @@ class Trainer:
             self.cfg.sampling, self.seed, self.cfg.group_by_length, self.cfg.batching,
         )
         self.model.to(self.device)
+        if self.cfg.compile:
+            compile_layers(self.model)
         self.net = self._parallel()
         self.optimizer, self.scheduler = make_optimizer(
             self.model, self.cfg.lr, self.cfg.layerwise_lr_decay, self.cfg.weight_decay,
@@ -275,19 +285,21 @@ class Trainer:
             with (contextlib.nullcontext() if sync else self.net.no_sync()):
                 part, values = micro_loss(self.net, self.step_tasks, prepared, m, den, self.device, self.precision,
                                           progress)
-                self.scaler.scale(part).backward()
+                with record_function("manytask.backward"):
+                    self.scaler.scale(part).backward()
             loss = loss + part.detach()
             for name, v in values.items():
                 logged[name] = logged[name] + v if name in logged else v
-        if self.cfg.max_grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if scale is None or self.scaler.get_scale() >= scale:  # a lowered scale: the step was skipped
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with record_function("manytask.optimizer"):
+            if self.cfg.max_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if scale is None or self.scaler.get_scale() >= scale:  # a lowered scale: the step was skipped
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         return loss, logged
 
     def _check_finite(self, nonfinite: torch.Tensor, since: int) -> None:
