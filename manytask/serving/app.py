@@ -20,6 +20,7 @@ routes are never opened to them (a preflight for PUT or DELETE is refused).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -304,15 +305,33 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
     async def metrics():
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    recorded: dict[str, dict] = {}
+
+    def recorded_score(name: str, spec, entries: dict) -> dict:
+        """The fp32 dev score a bundle's task package recorded when it was made (read once per package)."""
+        bundle, entry = getattr(predictor, "bundle", None), entries.get(name)
+        if entry is None:
+            return {}
+        if entry["dir"] not in recorded:
+            try:
+                info = json.loads((bundle.root / entry["dir"] / "task.json").read_text()).get("info", {})
+            except (OSError, ValueError):
+                info = {}
+            recorded[entry["dir"]] = ({"fp32": {"score": info["dev_primary"], "metric": spec.primary,
+                                                "source": "recorded in the task package"}}
+                                      if isinstance(info.get("dev_primary"), (int, float)) else {})
+        return recorded[entry["dir"]]
+
     @app.get("/v1/tasks")
     async def list_tasks():
         specs = predictor.specs()
         scores = dev_scores or {}
         plan = predictor.plan
+        entries = predictor.bundle.manifest["tasks"] if getattr(predictor, "bundle", None) is not None else {}
         out = {"precision": predictor.weights,
                "tasks": [{"name": n, "kind": s.kind, "labels": s.labels, "label_range": s.label_range,
                           "text_fields": len(s.text_fields), "layers_run": predictor.layers_run([n]),
-                          "dev": {p: v[n] for p, v in scores.items() if n in v},
+                          "dev": {**recorded_score(n, s, entries), **{p: v[n] for p, v in scores.items() if n in v}},
                           **({"plan": plan["tasks"].get(n, {})} if plan else {})}
                          for n, s in sorted(specs.items())]}
         if plan:
