@@ -66,8 +66,13 @@ async def _load(url: str, templates: list[dict], concurrency: int, warmup: float
 
 
 def client_main(args) -> None:
+    """The load client's process; it also reports its own CPU time, the share of the machine's cores the client
+    took from the server on the same machine."""
     spec = json.loads(Path(args.client).read_text())
+    cpu, wall = time.process_time(), time.perf_counter()
     result = asyncio.run(_load(spec["url"], spec["templates"], spec["concurrency"], spec["warmup"], spec["duration"]))
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    result["client_cpu_share"] = cpu / (wall * (os.cpu_count() or 1))
     print(json.dumps(result))
 
 

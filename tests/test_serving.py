@@ -299,3 +299,11 @@ def test_one_task_per_request_traffic_shares_forward_passes(flex_run, bundle):
         assert r.status_code == 200 and list(r.json()["results"][0]) == [task]
         want = own_answers(flex_run, task, [item["text"]], [item["text_pair"]])[0]
         assert_same(r.json()["results"][0][task], want)
+
+
+def test_a_compiled_predictor_answers_as_the_eager_one(bundle):
+    eager, compiled = MergedPredictor(bundle), MergedPredictor(bundle, compile=True)
+    for w, g in zip(eager.predict(TEXTS, None, ["sst2"]), compiled.predict(TEXTS, None, ["sst2"])):
+        assert g["sst2"]["probs"] == pytest.approx(w["sst2"]["probs"], abs=1e-4)
+    with pytest.raises(ManytaskError, match="--compile runs fp32, bf16 or fp16 layers, not int8"):
+        MergedPredictor(bundle, precision="int8", compile=True)

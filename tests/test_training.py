@@ -129,7 +129,7 @@ def test_compiled_layers_train_and_keep_their_weight_names(mini_glue, tiny_confi
     mode, so losses are not compared), its checkpoint has the weight names of an uncompiled run's, and compiled
     layers answer as eager ones on the same weights."""
     import manytask as mt
-    from manytask.training.trainer import compile_layers
+    from manytask.models.multitask import compile_layers
 
     tiny_config["tasks"] = ["sst2"]
     keys = {}

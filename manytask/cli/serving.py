@@ -120,6 +120,8 @@ def serve(
                                   "per tensor / per channel, CPU) or auto (int8 on the layers a search finds within "
                                   "--tolerance for every task, the rest fp32; the plan is written to the bundle)"),
     tolerance: float = typer.Option(0.5, help="points of dev score a precision may cost any task"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile every layer of the bundle (fp32, bf16, "
+                                 "fp16; the first requests of each new length pay for compiling)"),
     runtime: str = typer.Option("torch", "--runtime", help="torch, or onnx (the bundle exported once into ONNX "
                                 "Runtime pieces; fp32 or int8 by ONNX Runtime's quantiser; tasks fixed while serving)"),
     force: bool = typer.Option(False, "--force", help="serve the precision even if it costs more than the tolerance"),
@@ -146,7 +148,7 @@ def serve(
               tolerance=tolerance, force=force, workers=workers, watch_interval=watch_interval,
               body_timeout=body_timeout, header_timeout=header_timeout, max_idle_connections=max_idle_connections,
               timeout_keep_alive=timeout_keep_alive, docs=docs, cors_origins=tuple(cors_origin), runtime=runtime,
-              echo=_echo_err)
+              compile=compile, echo=_echo_err)
 
 
 @command()

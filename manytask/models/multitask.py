@@ -215,3 +215,10 @@ class MultiTaskModel(nn.Module):
             out[n] = result
         return out
 
+
+def compile_layers(model: MultiTaskModel) -> None:
+    """``torch.compile`` each encoder layer in place (trunk and branches; the weights' names do not change), with
+    dynamic shapes: length-grouped batches and requests vary in length, and one graph serves every layer of a
+    family. Training (``train.compile``) and serving (``serve --compile``) take it."""
+    for layer in [*model.adapter.layers, *(l for b in model.branches.values() for l in b)]:
+        layer.compile(dynamic=True)

@@ -98,6 +98,14 @@ class PredictRequest(BaseModel):
         return None if v is None else [_utf8(t) for t in v]
 
 
+class PredictResponse(BaseModel):
+    """Per input, each task's answer: {"label", "probs"} (classification, multi-label), {"score"} (regression)
+    or {"tokens", "tags", "probs"} (tagging)."""
+
+    tasks: list[str]
+    results: list[dict[str, dict]]
+
+
 class PutTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
     source: str = Field(min_length=1, max_length=4096)  # a task package directory, or a run directory
@@ -339,7 +347,7 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
                            "fp32": plan["fp32"]}
         return out
 
-    @app.post("/v1/predict", responses=_errors(404, 413, 422, 500))
+    @app.post("/v1/predict", responses={200: {"model": PredictResponse}, **_errors(404, 413, 422, 500, 503)})
     async def predict(req: PredictRequest):
         if len(req.inputs) > limits.max_inputs:
             raise HTTPException(413, f"too many inputs: {len(req.inputs)} (limit {limits.max_inputs} per request)")
@@ -371,7 +379,8 @@ def create_app(predictor: Predictor, limits: Optional[Limits] = None, admin_toke
         for t in tasks:
             task_count.labels(t).inc(len(texts))
             predictions[t] = predictions.get(t, 0) + len(texts)
-        return {"tasks": tasks, "results": results}
+        # already plain JSON types: encoded once, without FastAPI's generic encoder walking every number
+        return JSONResponse({"tasks": tasks, "results": results})
 
     @app.put("/v1/tasks/{name}", responses=_errors(400, 401, 403, 409, 422, 500))
     async def put_task(name: Name, body: PutTask):

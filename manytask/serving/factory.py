@@ -46,7 +46,7 @@ def build_app(options: dict) -> FastAPI:
         predictor = OnnxPredictor(Bundle(Path(options["bundle"])), options["precision"])
     elif options.get("bundle"):
         predictor = MergedPredictor(Bundle(Path(options["bundle"])), options["device"], options["precision"],
-                                    options.get("plan"))
+                                    options.get("plan"), options.get("compile", False))
     else:
         predictor = SeparatePredictor({t: Path(d) for t, d in options["runs"].items()}, options["device"],
                                       options["precision"])

@@ -95,7 +95,7 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
           tolerance: float = 0.5, force: bool = False, workers: int = 1, watch_interval: float = 2.0,
           body_timeout: float = 30.0, header_timeout: float = 10.0, max_idle_connections: int = 512,
           timeout_keep_alive: int = 5, docs: bool = True, cors_origins: tuple = (), runtime: str = "torch",
-          echo=log.info) -> None:
+          compile: bool = False, echo=log.info) -> None:
     """Serve a bundle (or a run, bundled once) or separate runs (``runs``: task -> run directory) over HTTP.
     ``limits["max_in_flight"]`` bounds requests being answered; ``max_idle_connections`` the connections with
     none in flight (the oldest is closed beyond it)."""
@@ -112,8 +112,11 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
         raise ConfigError("--workers: 1 or more")
     if runtime not in ("torch", "onnx"):
         raise ConfigError(f"--runtime {runtime!r}: torch or onnx")
-    if runtime == "onnx" and (bundle is None or device != "cpu" or precision not in ("fp32", "int8")):
-        raise ConfigError("--runtime onnx serves a bundle on the CPU in fp32 or int8 (ONNX Runtime's quantiser)")
+    if runtime == "onnx" and (bundle is None or device != "cpu" or precision not in ("fp32", "int8") or compile):
+        raise ConfigError("--runtime onnx serves a bundle on the CPU in fp32 or int8 (ONNX Runtime's quantiser), "
+                          "without --compile")
+    if compile and (bundle is None or precision in ("int8", "int8-channel", "auto")):
+        raise ConfigError("--compile serves a bundle in fp32, bf16 or fp16 (int8 layers are not compiled)")
     if max_idle_connections < 1 or limits.get("max_in_flight", 1) < 1:
         raise ConfigError("--max-idle-connections and --limit-concurrency: 1 or more")
     bad_origins = [o for o in cors_origins if o != "*" and not o.startswith(("http://", "https://"))]
@@ -123,7 +126,7 @@ def serve(bundle: Optional[Path], runs: dict[str, str], limits: dict, *, host: s
     options = {"bundle": None, "runs": runs, "device": device, "precision": precision,
                "source_roots": [str(r) for r in source_roots], "token": token, "body_timeout": body_timeout,
                "watch_interval": watch_interval, "dev_scores": None, "limits": limits, "docs": docs,
-               "cors_origins": list(cors_origins), "runtime": runtime}
+               "cors_origins": list(cors_origins), "runtime": runtime, "compile": compile}
     if bundle is not None:
         b = Bundle(bundle_of(bundle, echo))
         options["bundle"] = str(b.root.resolve())

@@ -17,7 +17,7 @@ import torch
 
 from manytask.bundles import Bundle, TaskPackage
 from manytask.inference import answer_batch
-from manytask.models.multitask import MultiTaskModel
+from manytask.models.multitask import MultiTaskModel, compile_layers
 from manytask.models.precision import PrecisionError, apply_precision, autocast_precision, check, quantize
 from manytask.models.rundir import RunDir
 from manytask.runtime import resolve_device
@@ -53,8 +53,10 @@ def _json(answers) -> list[dict]:
 
 
 class MergedPredictor(Predictor):
-    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", plan: Optional[dict] = None):
-        """``plan``: with precision auto, the precision plan (``serving.plan``) whose units are made int8."""
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", plan: Optional[dict] = None,
+                 compile: bool = False):
+        """``plan``: with precision auto, the precision plan (``serving.plan``) whose units are made int8.
+        ``compile``: torch.compile every layer (fp32, bf16 or fp16 weights; int8 layers are left as they are)."""
         self.bundle = bundle
         self.tokenizer = bundle.tokenizer()
         self.max_length = bundle.manifest["trunk"]["max_seq_length"]
@@ -65,6 +67,10 @@ class MergedPredictor(Predictor):
         self.weights, self.precision, self.plan = precision, autocast_precision(precision), plan
         self.model: MultiTaskModel = bundle.merged_model().to(self.device)
         apply_precision(self.model, precision, (plan or {}).get("int8"))
+        if compile:
+            if precision in ("int8", "int8-channel", "auto"):
+                raise PrecisionError(f"--compile runs fp32, bf16 or fp16 layers, not {precision}")
+            compile_layers(self.model)
         self.served = self._served_dirs()
         self.bundle_trunk = bundle.manifest["trunk"]["sha256"]
         self._write = threading.Lock()

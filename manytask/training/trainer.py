@@ -26,7 +26,7 @@ from manytask.config import SMALL_SLICE, ConfigError, TrainConfig
 from manytask.data.samplers import Plan, batches_per_epoch, make_plan
 from manytask.evaluation.scoring import evaluate_features, summarize
 from manytask.models.checkpoints import CheckpointDir
-from manytask.models.multitask import MultiTaskModel
+from manytask.models.multitask import MultiTaskModel, compile_layers
 from manytask.models.weights import load_weights
 from manytask.records import Features
 from manytask.runtime import seed_everything
@@ -70,13 +70,6 @@ def _numerics(cfg: TrainConfig, device: torch.device) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-def compile_layers(model: MultiTaskModel) -> None:
-    """``torch.compile`` each encoder layer in place (trunk and branches; the weights' names do not change), with
-    dynamic shapes: length-grouped batches vary in length, and one graph serves every layer of a family."""
-    for layer in [*model.adapter.layers, *(l for b in model.branches.values() for l in b)]:
-        layer.compile(dynamic=True)
 
 
 def resume_point(ckpt: CheckpointDir) -> Optional[dict]:
