@@ -205,7 +205,7 @@ class Bundle(bundles.Bundle):
               tolerance: float = 0.5) -> dict:
         """Every task's dev score in fp32 and ``precision`` (cached in the bundle for ``serve``); ``auto`` searches
         the precision plan for ``tolerance`` (written to the bundle; ``plan(tolerance)`` reads it)."""
-        from manytask.serving.precision import score_precisions
+        from manytask.serving.plan import score_precisions
 
         return score_precisions(self, precision, resolve_glue_dir(glue_dir), tolerance=tolerance)
 

@@ -147,7 +147,8 @@ def world() -> int:
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    """This process's rank; after the group is left (the end of a run), the one torchrun gave it (RANK)."""
+    return dist.get_rank() if active() else int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:

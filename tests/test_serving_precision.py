@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from manytask.bundles import Bundle, package_from_run
 from manytask.serving.app import create_app
-from manytask.serving.precision import PrecisionError, compare, dev_scores, score_precisions
+from manytask.serving.plan import score_precisions
+from manytask.serving.precision import PrecisionError, compare, dev_scores
 from manytask.serving.predictor import MergedPredictor
 from tests.test_flex import TEXTS, other_run
 

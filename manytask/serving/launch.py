@@ -16,7 +16,8 @@ from manytask.errors import ConfigError
 from manytask.runtime import resolve_device
 from manytask.serving.app import check_token
 from manytask.serving.factory import ENV, build_app
-from manytask.serving.precision import PrecisionError, compare, score_precisions
+from manytask.serving.plan import score_precisions
+from manytask.serving.precision import PrecisionError, compare
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 from manytask.bundles import Bundle
 from manytask.io import atomic_write_json
 from manytask.models.precision import apply_plan, units
-from manytask.serving.precision import DATA_ERRORS, _eval_data, cache_root, dev_scores, task_score
+from manytask.serving.precision import DATA_ERRORS, _eval_data, apply_precision, cache_root, check, dev_scores, task_score
 
 log = logging.getLogger(__name__)
 SCHEME = "dynamic int8, one scale per output channel"
@@ -119,3 +119,20 @@ def plan_table(plan: dict) -> str:
         lines.append(f"| {t} | {cell(base)} | {cell(got)} | {info['int8_layers']}/{info['layers_run']} | "
                      f"{info.get('note', '')} |")
     return "\n".join(lines)
+
+
+def score_precisions(bundle: Bundle, precision: str, glue_dir: Path, device: Optional[torch.device] = None,
+                     tolerance: float = 0.5, echo=log.info) -> dict:
+    """fp32 and ``precision`` dev scores of every task (fresh models from the bundle), on the device that will
+    serve them. ``auto`` finds (or reads) the bundle's precision plan for ``tolerance`` and scores under it."""
+    device = device or torch.device("cpu")
+    check(precision, device)
+    if precision == "auto":
+        plan = plan_for(bundle, glue_dir, tolerance, device, echo)
+        return {"fp32": plan["fp32_scores"], "auto": plan["scores"]}
+    scores = {}
+    for p in dict.fromkeys(("fp32", precision)):
+        model = bundle.merged_model().to(device).eval()
+        apply_precision(model, p)
+        scores[p] = dev_scores(bundle, model, p, glue_dir, device=device)
+    return scores

@@ -95,22 +95,3 @@ def compare(base: dict, other: dict, tolerance: float) -> list[str]:
         if "score" in b and "score" in o and 100 * (b["score"] - o["score"]) > tolerance:
             worse.append(f"{name}: {100 * b['score']:.1f} -> {100 * o['score']:.1f}")
     return worse
-
-
-def score_precisions(bundle: Bundle, precision: str, glue_dir: Path, device: Optional[torch.device] = None,
-                     tolerance: float = 0.5, echo=log.info) -> dict:
-    """fp32 and ``precision`` dev scores of every task (fresh models from the bundle), on the device that will
-    serve them. ``auto`` finds (or reads) the bundle's precision plan for ``tolerance`` and scores under it."""
-    device = device or torch.device("cpu")
-    check(precision, device)
-    if precision == "auto":
-        from manytask.serving.plan import plan_for
-
-        plan = plan_for(bundle, glue_dir, tolerance, device, echo)
-        return {"fp32": plan["fp32_scores"], "auto": plan["scores"]}
-    scores = {}
-    for p in dict.fromkeys(("fp32", precision)):
-        model = bundle.merged_model().to(device).eval()
-        apply_precision(model, p)
-        scores[p] = dev_scores(bundle, model, p, glue_dir, device=device)
-    return scores
