@@ -71,6 +71,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpu_has_vnni() -> bool:
+    """True when the CPU has int8 dot products that add in 32 bits (AVX-512 VNNI, AVX-VNNI or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def gpu_has_native_bf16(device: torch.device) -> bool:
     """bf16 in hardware (Ampere and later); ``torch.cuda.is_bf16_supported()`` alone also counts emulation."""
     try:

@@ -18,6 +18,7 @@ from manytask.bundles import Bundle
 from manytask.serving import precision as precision_module
 from manytask.serving.app import Limits, create_app
 from manytask.serving.launch import checked_scores
+from manytask.models.precision import cache_kind
 from manytask.serving.precision import PrecisionError
 from manytask.serving.predictor import MergedPredictor
 from tests.test_serving_faults import LiveServer
@@ -143,7 +144,7 @@ def test_a_read_only_bundle_serves_int8_with_scores_cached_outside_it(mini_glue,
     scores = checked_scores(bundle, "int8", 100.0, force=False, echo=lambda *_: None)
     assert set(scores) == {"fp32", "int8"} and all("score" in v for v in scores["int8"].values())
     assert not (root / "scores").exists()
-    cached = list((tmp_path / "cache" / "scores").rglob("*.int8.cpu.json"))
+    cached = list((tmp_path / "cache" / "scores").rglob(f"*.int8.{cache_kind('int8', 'cpu')}.json"))
     assert len(cached) == 3
     with TestClient(create_app(MergedPredictor(bundle, precision="int8"), dev_scores=scores)) as c:
         assert c.post("/v1/predict", json={"inputs": [{"text": "fine"}]}).status_code == 200

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from manytask.bundles import Bundle, package_from_run
 from manytask.serving.app import create_app
 from manytask.serving.plan import score_precisions
+from manytask.models.precision import cache_kind
 from manytask.serving.precision import PrecisionError, compare, dev_scores
 from manytask.serving.predictor import MergedPredictor
 from tests.test_flex import TEXTS, other_run
@@ -46,7 +47,8 @@ def test_dev_scores_per_precision_are_cached_and_served(mini_glue, bundle, monke
     assert set(scores) == {"fp32", "int8"} and set(scores["fp32"]) == {"sst2", "stsb", "mrpc"}
     assert scores["fp32"]["sst2"]["n"] == 24 and scores["fp32"]["stsb"]["metric"] == "spearman"
     cached = sorted(p.name for p in (bundle.root / "scores").iterdir())
-    assert len(cached) == 6 and all(p.endswith((".fp32.cpu.json", ".int8.cpu.json")) for p in cached)
+    assert len(cached) == 6 and all(
+        p.endswith((".fp32.cpu.json", f".int8.{cache_kind('int8', 'cpu')}.json")) for p in cached)
     import manytask.evaluation.scoring as predict_mod
 
     monkeypatch.setattr(predict_mod, "evaluate_features", lambda *a, **k: pytest.fail("should come from the cache"))

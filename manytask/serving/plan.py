@@ -24,8 +24,9 @@ import torch
 
 from manytask.bundles import Bundle
 from manytask.io import atomic_write_json
-from manytask.models.precision import apply_plan, units
-from manytask.serving.precision import DATA_ERRORS, _eval_data, apply_precision, cache_root, check, dev_scores, task_score
+from manytask.models.precision import apply_plan, cache_kind, int8_activation_bits, units
+from manytask.serving.precision import (DATA_ERRORS, _eval_data, apply_precision, cache_root, check, dev_scores,
+                                        task_score)
 
 log = logging.getLogger(__name__)
 SCHEME = "dynamic int8, one scale per output channel"
@@ -36,7 +37,8 @@ def manifest_hash(bundle: Bundle) -> str:
 
 
 def plan_path(bundle: Bundle, tolerance: float, device_type: str = "cpu") -> Path:
-    return cache_root(bundle) / f"plan-auto-{manifest_hash(bundle)}-tol{tolerance:g}.{device_type}.json"
+    kind = cache_kind("auto", device_type)
+    return cache_root(bundle) / f"plan-auto-{manifest_hash(bundle)}-tol{tolerance:g}.{kind}.json"
 
 
 def load_plan(bundle: Bundle, tolerance: float, device_type: str = "cpu") -> Optional[dict]:
@@ -92,7 +94,8 @@ def search_plan(bundle: Bundle, glue_dir: Path, tolerance: float, device: Option
         elif not int8:
             entry["note"] = f"served in fp32: no layer it runs stays within {tolerance:g} points in int8"
         tasks[t] = entry
-    return {"precision": "auto", "scheme": SCHEME, "tolerance": tolerance, "manifest": manifest_hash(bundle),
+    scheme = f"{SCHEME}, activations {int8_activation_bits()}-bit"
+    return {"precision": "auto", "scheme": scheme, "tolerance": tolerance, "manifest": manifest_hash(bundle),
             "device": device.type, "int8": chosen, "fp32": [u for u in every if u not in chosen],
             "sensitivity": sensitivity, "tasks": tasks, "fp32_scores": base,
             "scores": {t: current[t] if t in data else {"unscored": unscored[t]} for t in bundle.manifest["tasks"]}}

@@ -23,7 +23,7 @@ from manytask.data.loading import load_task
 from manytask.evaluation.scoring import evaluate_data, summarize
 from manytask.io import atomic_write_json, user_cache
 from manytask.models.precision import (PRECISIONS, PrecisionError, apply_precision, autocast_precision,  # noqa: F401
-                                       check, quantize, quantize_model)
+                                       cache_kind, check, quantize, quantize_model)
 
 log = logging.getLogger(__name__)
 DATA_ERRORS = (FileNotFoundError, ValueError)  # a task's dev data absent or unreadable here: it is unscored
@@ -47,8 +47,9 @@ def cache_root(bundle: Bundle) -> Path:
 def _cached(bundle: Bundle, root: Path, task_dir: str, precision: str, device_type: str) -> tuple[Path, Optional[dict]]:
     """A task's cached score under a precision on a kind of device (a bf16 score on a GPU is not a CPU's);
     fp32 and bf16 scores cached before devices were told apart were CPU scores."""
-    path = root / f"{task_dir}.{precision}.{device_type}.json"
-    legacy = device_type == "cpu" and precision in ("fp32", "bf16", "int8")
+    kind = cache_kind(precision, device_type)
+    path = root / f"{task_dir}.{precision}.{kind}.json"
+    legacy = kind == "cpu" and precision in ("fp32", "bf16", "int8")
     for p in [path, bundle.root / "scores" / f"{task_dir}.{precision}.json"] if legacy else [path]:
         if p.exists():
             return path, json.loads(p.read_text())
