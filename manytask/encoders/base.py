@@ -48,8 +48,9 @@ class EncoderAdapter:
 
     @classmethod
     def resize(cls, config, hidden: int, layers: int, heads: int, intermediate: int) -> None:
-        """Give a config a (tiny, random) size in the family's own attribute names."""
-        raise NotImplementedError
+        """Give a config a (tiny, random) size in the family's own attribute names (most use these)."""
+        config.hidden_size, config.num_hidden_layers = hidden, layers
+        config.num_attention_heads, config.intermediate_size = heads, intermediate
 
     layers_path: ClassVar[str] = "encoder.layer"  # where the layers are in the family's state dict
     token_classifier_exact: ClassVar[bool] = True  # its *ForTokenClassification is dropout + linear per token

@@ -17,11 +17,6 @@ class DebertaV2Adapter(EncoderAdapter):
     def dropout_overrides(cls, dropout: float) -> dict:
         return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
-    @classmethod
-    def resize(cls, config, hidden, layers, heads, intermediate) -> None:
-        config.hidden_size, config.num_hidden_layers = hidden, layers
-        config.num_attention_heads, config.intermediate_size = heads, intermediate
-
     @property
     def layers(self):
         return self.model.encoder.layer

@@ -22,11 +22,6 @@ class ModernBertAdapter(EncoderAdapter):
         return {"attention_dropout": dropout, "mlp_dropout": dropout, "embedding_dropout": dropout}
 
     @classmethod
-    def resize(cls, config, hidden, layers, heads, intermediate) -> None:
-        config.hidden_size, config.num_hidden_layers = hidden, layers
-        config.num_attention_heads, config.intermediate_size = heads, intermediate
-
-    @classmethod
     def set_depth(cls, config, layers: int) -> None:
         config.num_hidden_layers = layers
         if getattr(config, "layer_types", None):
