@@ -70,7 +70,8 @@ class EncoderAdapter:
     # ---- the parts --------------------------------------------------------------------------------------------
     @property
     def layers(self) -> nn.ModuleList:
-        raise NotImplementedError
+        """The encoder's layers, found at ``layers_path`` (the same path names them in the state dict)."""
+        return self.model.get_submodule(self.layers_path)
 
     @property
     def num_layers(self) -> int:

@@ -26,10 +26,6 @@ class BertAdapter(EncoderAdapter):
         return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
     @property
-    def layers(self):
-        return self.model.encoder.layer
-
-    @property
     def pooler(self):
         return getattr(self.model, "pooler", None)
 

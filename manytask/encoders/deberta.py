@@ -17,10 +17,6 @@ class DebertaV2Adapter(EncoderAdapter):
     def dropout_overrides(cls, dropout: float) -> dict:
         return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
-    @property
-    def layers(self):
-        return self.model.encoder.layer
-
     def embed(self, input_ids, token_type_ids, attention_mask):
         if self.segment_types < 1:
             token_type_ids = None

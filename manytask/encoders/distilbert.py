@@ -32,10 +32,6 @@ class DistilBertAdapter(EncoderAdapter):
         config.n_layers = layers
 
     @property
-    def layers(self):
-        return self.model.transformer.layer
-
-    @property
     def hidden_size(self) -> int:
         return self.config.dim
 

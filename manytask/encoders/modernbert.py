@@ -28,10 +28,6 @@ class ModernBertAdapter(EncoderAdapter):
             config.layer_types = list(config.layer_types)[:layers]
 
     @property
-    def layers(self):
-        return self.model.layers
-
-    @property
     def segment_types(self) -> int:
         return 0
 
