@@ -361,13 +361,13 @@ HAND = {  # recipe -> seed -> (sst2, rte) as fractions; Avg = their mean
 }
 
 
-def _hand_study(tmp_path: Path, family: str = "report") -> Path:
+def _hand_study(tmp_path: Path, family: str = "report", rte="rte") -> Path:
     out = tmp_path / "study"
     recipes = [{"name": "Single", "student": "single"}, {"name": "Multi", "student": "multi"},
                {"name": "S→M", "student": "multi", "teacher": "Single"},
                {"name": "S→M (λ=0)", "student": "multi", "teacher": "Single", "schedule": "constant", "lam": 0.0}]
     cfg = load_study.__globals__["StudyConfig"].model_validate(
-        {"name": "hand", "seeds": [1, 2, 3, 4], "tasks": ["sst2", "rte"], "recipes": recipes, "holm_family": family})
+        {"name": "hand", "seeds": [1, 2, 3, 4], "tasks": ["sst2", rte], "recipes": recipes, "holm_family": family})
     prepare(cfg, out)
     for r in cfg.recipes:
         for seed, (a, b) in HAND[r.name].items():
@@ -485,3 +485,26 @@ def test_report_compares_recipes_on_each_slice_by_hand(tmp_path):
     assert r["p_holm"] == pytest.approx(min(1.0, 2 * p))  # two slice tests in this table's family
     md = markdown(rep)
     assert "## Slices: paired comparisons" in md and "| S→M vs Multi | rte | tiny | 7 ⚠ | +2.5 |" in md
+
+
+def _with_tiny_slice(out: Path) -> Path:
+    """Give Multi and S→M a 7-member RTE slice in every seed's scores."""
+    cfg = load_study(out / "study.yaml", saved=True)
+    for name in ("Multi", "S→M"):
+        for seed in (1, 2, 3, 4):
+            p = recipe_dir(out, seed, cfg.recipe(name)) / "scores.json"
+            s = json.loads(p.read_text())
+            s["tasks"]["rte"]["dev"]["slices"] = {"tiny": {"n": 7, "accuracy": 0.5 + seed / 100}}
+            p.write_text(json.dumps(s))
+    return out
+
+
+def test_report_flags_a_slice_by_its_tasks_own_min_size(tmp_path):
+    """'Too small to read' is the task's ``slices.min_size``, the rule evaluation flags by, not a second constant."""
+    from manytask.report.bam import build, markdown
+
+    rte = {"name": "rte", "slices": {"functions": [{"name": "tiny", "kind": "regex", "pattern": "x"}], "min_size": 5}}
+    md = markdown(build(_with_tiny_slice(_hand_study(tmp_path / "own", rte=rte))))
+    assert "| Multi | rte | tiny | 7 |" in md and "7 ⚠" not in md  # 7 members, min_size 5: readable
+    default = markdown(build(_with_tiny_slice(_hand_study(tmp_path / "default"))))
+    assert "| S→M vs Multi | rte | tiny | 7 ⚠ |" in default  # no min_size set: the default 30 flags it

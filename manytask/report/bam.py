@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from manytask.config import SMALL_SLICE
 from manytask.distill.recipes import StudyConfig, load_study
 from manytask.distill.study import recipe_dir
 from manytask.errors import NotFound
@@ -19,7 +20,6 @@ from manytask.evaluation.stats import holm, paired_test, spread
 from manytask.io import atomic_write_json, atomic_write_text
 
 AVG = "Avg"
-SMALL_SLICE = 30  # members: a slice score over fewer moves by several points per example
 
 
 def collect(out: Path, cfg: StudyConfig) -> dict:
@@ -92,8 +92,9 @@ def build(out: Path) -> dict:
     _adjust(comparisons, columns, cfg.holm_family)
     headline = _headline(cfg, rows, comparisons)
     primary = _primary_metrics(cfg, scores, tasks)
-    slices = _slice_rows(cfg, scores, primary)
-    slice_comparisons = _slice_comparisons(comparisons, scores, primary)
+    min_sizes = _slice_min_sizes(cfg)
+    slices = _slice_rows(cfg, scores, primary, min_sizes)
+    slice_comparisons = _slice_comparisons(comparisons, scores, primary, min_sizes)
     return {"study": cfg.name, "out": str(out), "tasks": tasks, "columns": columns, "rows": rows, "primary": primary,
             "comparisons": comparisons, "holm_family": cfg.holm_family, "headline": headline, "data": data,
             "slices": slices, "slice_comparisons": slice_comparisons,
@@ -119,7 +120,12 @@ def scored_tasks(per_seed: dict) -> frozenset:
     return frozenset(t for s in per_seed.values() for t in s["primary"])
 
 
-def _slice_rows(cfg: StudyConfig, scores: dict, primary: dict) -> list[dict]:
+def _slice_min_sizes(cfg: StudyConfig) -> dict[str, int]:
+    """Each task's ``slices.min_size``: a slice with fewer members is flagged as too small to read."""
+    return {e.name: e.slices.min_size for e in cfg.tasks if e.slices is not None}
+
+
+def _slice_rows(cfg: StudyConfig, scores: dict, primary: dict, min_sizes: dict[str, int]) -> list[dict]:
     """Per recipe, task and slice: the median over seeds of the task's primary metric on the slice's members."""
     rows = []
     for r in cfg.recipes:
@@ -127,6 +133,7 @@ def _slice_rows(cfg: StudyConfig, scores: dict, primary: dict) -> list[dict]:
             values = [per_seed[s] for s in sorted(per_seed)]
             st = spread([v for _, v in values])
             rows.append({"recipe": r.name, "task": task, "split": split, "slice": name, "n": values[0][0],
+                         "min_size": min_sizes.get(task, SMALL_SLICE),
                          "median": st.median, "half_range": st.half_range, "seeds": len(values)})
     return rows
 
@@ -143,7 +150,7 @@ def _slice_values(per_seed: dict, primary: dict) -> dict[tuple[str, str, str], d
     return found
 
 
-def _slice_comparisons(comparisons: list[dict], scores: dict, primary: dict) -> list[dict]:
+def _slice_comparisons(comparisons: list[dict], scores: dict, primary: dict, min_sizes: dict[str, int]) -> list[dict]:
     """The report's comparisons on each slice both recipes scored: mean paired difference over seeds and
     the paired t-test, Holm–Bonferroni over this table (a family of its own: slices are read apart from
     the task scores, and their few members make each test weak)."""
@@ -155,7 +162,8 @@ def _slice_comparisons(comparisons: list[dict], scores: dict, primary: dict) -> 
             diff, p = paired_test([a[key][s][1] for s in seeds], [b[key][s][1] for s in seeds])
             task, split, name = key
             rows.append({"recipe": c["recipe"], "baseline": c["baseline"], "task": task, "split": split,
-                         "slice": name, "n": a[key][seeds[0]][0] if seeds else 0, "seeds": seeds, "diff": diff, "p": p})
+                         "slice": name, "n": a[key][seeds[0]][0] if seeds else 0,
+                         "min_size": min_sizes.get(task, SMALL_SLICE), "seeds": seeds, "diff": diff, "p": p})
     for r, q in zip(rows, holm([r["p"] for r in rows])):
         r["p_holm"] = q
     return rows
@@ -260,8 +268,8 @@ def _p(p: float) -> str:
 
 
 def _slice_cells(rep: dict, r: dict) -> str:
-    """task | slice | n cells of a slice row; ⚠ marks a slice too small to read."""
-    flag = " ⚠" if r["n"] < SMALL_SLICE else ""
+    """task | slice | n cells of a slice row; ⚠ marks a slice under its task's min_size, too small to read."""
+    flag = " ⚠" if r["n"] < r.get("min_size", SMALL_SLICE) else ""
     return f"{rep['titles'].get(r['task'], r['task'])} | {r['slice']} | {r['n']}{flag}"
 
 
@@ -312,7 +320,8 @@ def markdown(rep: dict) -> str:
                              f"{_p(t['p'])} | {_p(t['p_holm'])} |")
     if rep.get("slices"):
         lines += ["", "## Slices", "", "The task's primary metric on each slice's members, median over seeds ± half the "
-                  f"range; n: the slice's size (under {SMALL_SLICE}: too small to read).", "",
+                  f"range; n: the slice's size (⚠: under the task's `slices.min_size`, default {SMALL_SLICE}: too small to "
+                  "read).", "",
                   "| recipe | task | slice | n | score |", "|---|---|---|---|---|"]
         for r in rep["slices"]:
             lines.append(f"| {r['recipe']} | {_slice_cells(rep, r)} | {_fmt(r['median'])} ±{_fmt(r['half_range'])} |")
