@@ -18,6 +18,7 @@ from manytask.distill.study import recipe_dir
 from manytask.errors import NotFound
 from manytask.evaluation.stats import holm, paired_test, spread
 from manytask.io import atomic_write_json, atomic_write_text
+from manytask.report.slices import slice_comparisons, slice_min_sizes, slice_rows
 
 AVG = "Avg"
 
@@ -92,12 +93,12 @@ def build(out: Path) -> dict:
     _adjust(comparisons, columns, cfg.holm_family)
     headline = _headline(cfg, rows, comparisons)
     primary = _primary_metrics(cfg, scores, tasks)
-    min_sizes = _slice_min_sizes(cfg)
-    slices = _slice_rows(cfg, scores, primary, min_sizes)
-    slice_comparisons = _slice_comparisons(comparisons, scores, primary, min_sizes)
+    min_sizes = slice_min_sizes(cfg)
+    slices = slice_rows(cfg, scores, primary, min_sizes)
+    slice_tests = slice_comparisons(comparisons, scores, primary, min_sizes)
     return {"study": cfg.name, "out": str(out), "tasks": tasks, "columns": columns, "rows": rows, "primary": primary,
             "comparisons": comparisons, "holm_family": cfg.holm_family, "headline": headline, "data": data,
-            "slices": slices, "slice_comparisons": slice_comparisons,
+            "slices": slices, "slice_comparisons": slice_tests,
             "encoder": _encoder(cfg), "seeds": cfg.seeds, "titles": {t: _title(data.get(t), t) for t in tasks}}
 
 
@@ -118,55 +119,6 @@ def _primary_metrics(cfg: StudyConfig, scores: dict, tasks: list[str]) -> dict[s
 def scored_tasks(per_seed: dict) -> frozenset:
     """The tasks a recipe scored (in any seed): recipes trained on other tasks have incomparable Avgs."""
     return frozenset(t for s in per_seed.values() for t in s["primary"])
-
-
-def _slice_min_sizes(cfg: StudyConfig) -> dict[str, int]:
-    """Each task's ``slices.min_size``: a slice with fewer members is flagged as too small to read."""
-    return {e.name: e.slices.min_size for e in cfg.tasks if e.slices is not None}
-
-
-def _slice_rows(cfg: StudyConfig, scores: dict, primary: dict, min_sizes: dict[str, int]) -> list[dict]:
-    """Per recipe, task and slice: the median over seeds of the task's primary metric on the slice's members."""
-    rows = []
-    for r in cfg.recipes:
-        for (task, split, name), per_seed in _slice_values(scores.get(r.name, {}), primary).items():
-            values = [per_seed[s] for s in sorted(per_seed)]
-            st = spread([v for _, v in values])
-            rows.append({"recipe": r.name, "task": task, "split": split, "slice": name, "n": values[0][0],
-                         "min_size": min_sizes.get(task, SMALL_SLICE),
-                         "median": st.median, "half_range": st.half_range, "seeds": len(values)})
-    return rows
-
-
-def _slice_values(per_seed: dict, primary: dict) -> dict[tuple[str, str, str], dict[int, tuple[int, float]]]:
-    """(task, split, slice) -> seed -> (slice size, the task's primary metric x100 on the slice's members)."""
-    found: dict[tuple[str, str, str], dict[int, tuple[int, float]]] = {}
-    for seed, s in per_seed.items():
-        for task, splits in s["tasks"].items():
-            for split, metrics in splits.items():
-                for name, m in metrics.get("slices", {}).items():
-                    value = m.get(primary.get(task, ""))
-                    found.setdefault((task, split, name), {})[seed] = (m["n"], math.nan if value is None else 100 * value)
-    return found
-
-
-def _slice_comparisons(comparisons: list[dict], scores: dict, primary: dict, min_sizes: dict[str, int]) -> list[dict]:
-    """The report's comparisons on each slice both recipes scored: mean paired difference over seeds and
-    the paired t-test, Holm–Bonferroni over this table (a family of its own: slices are read apart from
-    the task scores, and their few members make each test weak)."""
-    rows = []
-    for c in comparisons:
-        a, b = _slice_values(scores[c["recipe"]], primary), _slice_values(scores[c["baseline"]], primary)
-        for key in sorted(set(a) & set(b)):
-            seeds = sorted(set(a[key]) & set(b[key]))
-            diff, p = paired_test([a[key][s][1] for s in seeds], [b[key][s][1] for s in seeds])
-            task, split, name = key
-            rows.append({"recipe": c["recipe"], "baseline": c["baseline"], "task": task, "split": split,
-                         "slice": name, "n": a[key][seeds[0]][0] if seeds else 0,
-                         "min_size": min_sizes.get(task, SMALL_SLICE), "seeds": seeds, "diff": diff, "p": p})
-    for r, q in zip(rows, holm([r["p"] for r in rows])):
-        r["p_holm"] = q
-    return rows
 
 
 def comparison_pairs(cfg: StudyConfig) -> list[tuple[str, str, str]]:
