@@ -64,11 +64,12 @@ def test_ray_stages_ask_for_a_gpu_where_the_cluster_has_them():
 
 def test_auto_precision_is_resolved_before_it_reaches_autocast(mini_glue, tiny_config, tmp_path):
     """``auto`` reached autocast raw (which read it as fp16): evaluating a run trained with ``precision: auto``
-    moved its scores. Resolved on the CPU it is fp32, so evaluation gives the training run's own scores."""
+    moved its scores. Resolved (on a CPU: bf16 where it computes bf16, else fp32), the run records the resolved
+    precision, and evaluation gives the training run's own scores."""
     tiny_config["train"].update(precision="auto", steps=4, eval_every=None)
     summary = train_run(load_config(data=tiny_config), tmp_path / "r")
     run = Run.open(tmp_path / "r")
-    assert run.precision == "fp32"
+    assert run.precision == ("bf16" if runtime.cpu_has_native_bf16() else "fp32")
     assert run.evaluate()["primary"] == summary["final"]["primary"]
 
 

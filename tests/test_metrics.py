@@ -86,6 +86,10 @@ def test_devices_and_precisions_resolve_or_refuse(monkeypatch):
         with pytest.raises(ValueError, match="no CUDA GPU"):
             resolve_device("cuda:0")
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    # auto: bf16 only where the CPU computes it (AVX-512 BF16 / AMX); emulated bf16 is many times slower
+    assert resolve_precision("auto", cpu, native_bf16=True) == "bf16"
+    assert resolve_precision("auto", cpu, native_bf16=False) == "fp32"
+    assert resolve_precision("auto", torch.device("mps"), native_bf16=True) == "fp32"
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", cpu)
